@@ -1,0 +1,39 @@
+# The two commands the README puts up front are `make demo` and `make test`.
+# Everything else here is what they and CI (.ci/run) call.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Host triple of this machine: the Docker builder stage runs the same `make release`
+# natively on amd64 or arm64, so the triple comes from the machine, not a constant.
+TARGET ?= $(shell uname -m)-unknown-linux-gnu
+# Static glibc: no dynamic loader or libc needed in the scratch image.
+RELEASE_RUSTFLAGS := -C target-feature=+crt-static
+BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
+
+.PHONY: demo test lint fmt release check-release deps
+
+## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
+demo: deps
+	scripts/demo.sh
+
+## test: every test, installing what the tests need first.
+test: deps
+	scripts/test.sh
+
+deps:
+	scripts/install-test-deps.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+## release: the static binary; the Dockerfile's builder stage runs this same target.
+release:
+	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) build --locked --release --target $(TARGET)
+	@echo "$(BIN)"
+
+## check-release: what CI can check of the image without a Docker engine.
+check-release: release
+	scripts/check-release.sh "$(BIN)"
