@@ -1,0 +1,496 @@
+//! Private database servers for integration tests: a real MariaDB (`mariadbd`) and a real PostgreSQL
+//! (`postgres`), each in its own temporary data directory, listening on 127.0.0.1 on a free port plus a
+//! Unix socket in that directory. Never the machine's own instances: nothing here reads `/etc/mysql` or
+//! the cluster directories under `/var/lib/postgresql`.
+//!
+//! Real authentication is on (MariaDB `mysql_native_password`, PostgreSQL `scram-sha-256` on TCP), so a
+//! wrong password fails exactly as on RDS (MySQL 1045, PostgreSQL 28P01). Administration goes through the
+//! Unix socket with the `mariadb`/`psql` CLI; SQL (and so every password) is passed on stdin, never in
+//! argv, and no file holding a password is written.
+//!
+//! Both servers stop on `Drop` (MariaDB SIGTERM, PostgreSQL SIGINT = fast shutdown, SIGKILL after a
+//! deadline) and the data directory is removed with them.
+//!
+//! The Debian packages are a hard requirement: a missing one fails the test with a message naming it
+//! (`scripts/install-test-deps.sh` installs them), it never skips.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to stop before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database and user every server is created with.
+pub const APP_USER: &str = "app";
+pub const APP_DATABASE: &str = "app";
+
+/// A random password of 24 alphanumeric characters (safe in SQL literals and URLs, like RDS's
+/// generated ones minus punctuation).
+pub fn random_password() -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect()
+}
+
+/// Panics with the Debian packages to install when a binary is missing.
+fn require(bins: &[(&str, &str)]) {
+    let missing: Vec<&str> = bins.iter().filter(|(b, _)| !Path::new(b).exists()).map(|(_, p)| *p).collect();
+    if !missing.is_empty() {
+        let mut pkgs = missing.clone();
+        pkgs.dedup();
+        panic!(
+            "these tests need the Debian packages {}: run scripts/install-test-deps.sh as root \
+             (or apt-get install {}); missing: {}",
+            pkgs.join(" "),
+            pkgs.join(" "),
+            bins.iter().filter(|(b, _)| !Path::new(b).exists()).map(|(b, _)| *b).collect::<Vec<_>>().join(", ")
+        );
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; the server binds it moments later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Single-quoted SQL string literal (both servers accept '' for a quote; backslashes doubled for MariaDB).
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Last `n` lines of a log file, for failure messages. Server logs hold no passwords (statements are
+/// not logged by either server in this configuration).
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).expect("write SQL to client stdin");
+    child.wait_with_output().expect("wait for client")
+}
+
+fn stop(child: &mut Child, signal: rustix::process::Signal) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// uid/gid of a system user from /etc/passwd (no libc needed).
+fn passwd_ids(name: &str) -> Option<(u32, u32)> {
+    let text = fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// MariaDB
+
+const MARIADBD: &str = "/usr/sbin/mariadbd";
+const MARIADB_INSTALL_DB: &str = "/usr/bin/mariadb-install-db";
+const MARIADB: &str = "/usr/bin/mariadb";
+
+/// A private MariaDB server with database `app` and user `app`@`127.0.0.1` (all privileges on `app.*`).
+pub struct MariaDb {
+    child: Child,
+    port: u16,
+    socket: PathBuf,
+    log: PathBuf,
+    app_password: String,
+    // Last, so the directory goes after the server stopped.
+    dir: tempfile::TempDir,
+}
+
+impl MariaDb {
+    /// Initialises a data directory, starts `mariadbd` on 127.0.0.1:<free port>, creates `app`.
+    /// Blocking (a second or two); call it before starting async work or via `spawn_blocking`.
+    pub fn start() -> MariaDb {
+        require(&[(MARIADBD, "mariadb-server"), (MARIADB_INSTALL_DB, "mariadb-server"), (MARIADB, "mariadb-client")]);
+        let dir = tempfile::Builder::new().prefix("sidecar-mariadb-").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let log = dir.path().join("mariadb.err");
+        let socket = dir.path().join("mysqld.sock");
+
+        let mut install = Command::new(MARIADB_INSTALL_DB);
+        install
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg("--auth-root-authentication-method=normal")
+            .arg("--skip-test-db")
+            .arg("--skip-name-resolve");
+        if is_root() {
+            install.arg("--user=root");
+        }
+        let out = install.output().expect("run mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // free_port() releases the port before mariadbd binds it; a collision is rare and shows up as a
+        // start failure with the server's log.
+        let port = free_port();
+        let mut cmd = Command::new(MARIADBD);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
+            .arg(format!("--log-error={}", log.display()))
+            .arg("--skip-name-resolve")
+            .arg("--skip-log-bin")
+            .arg("--innodb-buffer-pool-size=32M")
+            .arg("--max-connections=500")
+            // A rotation test opens thousands of connections and fails some logins on purpose; keep the
+            // server from blocking the host after repeated failures.
+            .arg("--max-connect-errors=1000000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if is_root() {
+            cmd.arg("--user=root");
+        }
+        let child = cmd.spawn().expect("spawn mariadbd");
+        let mut db = MariaDb { child, port, socket, log, app_password: random_password(), dir };
+        if let Err(e) = db.wait_ready() {
+            panic!("mariadbd did not start: {e}");
+        }
+        db.setup();
+        db
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("mariadbd exited with {status}; log:\n{}", tail(&self.log, 30)));
+            }
+            if self.socket.exists() {
+                let out = run_with_stdin(self.admin_cmd(), "SELECT 1;");
+                if out.status.success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("mariadbd not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn setup(&self) {
+        let pw = sql_str(&self.app_password);
+        self.sql(&format!(
+            "DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1';\n\
+             CREATE DATABASE {APP_DATABASE};\n\
+             CREATE USER '{APP_USER}'@'127.0.0.1' IDENTIFIED BY {pw};\n\
+             CREATE USER '{APP_USER}'@'localhost' IDENTIFIED BY {pw};\n\
+             GRANT ALL ON {APP_DATABASE}.* TO '{APP_USER}'@'127.0.0.1';\n\
+             GRANT ALL ON {APP_DATABASE}.* TO '{APP_USER}'@'localhost';"
+        ));
+    }
+
+    fn admin_cmd(&self) -> Command {
+        let mut c = Command::new(MARIADB);
+        c.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket.display()))
+            .arg("--user=root")
+            .arg("--batch")
+            .arg("--skip-column-names")
+            .arg("--connect-timeout=5");
+        c
+    }
+
+    /// Runs SQL as root over the socket (on stdin) and returns stdout; panics on an error.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = run_with_stdin(self.admin_cmd(), sql);
+        assert!(out.status.success(), "mariadb SQL failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ALTER USER` for every host entry of `user` (the setSecret step of a rotation).
+    pub fn set_password(&self, user: &str, password: &str) {
+        let pw = sql_str(password);
+        self.sql(&format!(
+            "ALTER USER '{user}'@'127.0.0.1' IDENTIFIED BY {pw};\nALTER USER '{user}'@'localhost' IDENTIFIED BY {pw};"
+        ));
+    }
+
+    /// Kills every connection of `user` server-side; returns how many were killed.
+    pub fn kill_connections(&self, user: &str) -> usize {
+        let ids = self.sql(&format!("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {};", sql_str(user)));
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if ids.is_empty() {
+            return 0;
+        }
+        let stmts: String = ids.iter().map(|id| format!("KILL CONNECTION {id};\n")).collect();
+        // A connection may end by itself between the SELECT and the KILL: ignore "unknown thread".
+        let mut c = self.admin_cmd();
+        c.arg("--force");
+        let _ = run_with_stdin(c, &stmts);
+        ids.len()
+    }
+
+    /// Whether `user`/`password` can log in over TCP right now (what the app sees).
+    pub fn can_login(&self, user: &str, password: &str) -> bool {
+        let mut c = Command::new(MARIADB);
+        // The password goes in through MYSQL_PWD, an environment variable of the child only, not argv.
+        c.arg("--no-defaults")
+            .arg("--protocol=TCP")
+            .arg("--host=127.0.0.1")
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--user={user}"))
+            .arg("--batch")
+            .env("MYSQL_PWD", password);
+        run_with_stdin(c, "SELECT 1;").status.success()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+    /// The password `app` was created with.
+    pub fn app_password(&self) -> &str {
+        &self.app_password
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        stop(&mut self.child, rustix::process::Signal::TERM);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// The newest installed `/usr/lib/postgresql/<major>/bin` (Debian 12: 15).
+fn pg_bin_dir() -> PathBuf {
+    let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    majors.sort_unstable();
+    match majors.last() {
+        Some(m) => PathBuf::from(format!("/usr/lib/postgresql/{m}/bin")),
+        None => {
+            require(&[("/usr/lib/postgresql/15/bin/postgres", "postgresql")]);
+            unreachable!()
+        }
+    }
+}
+
+/// A private PostgreSQL server with database `app` owned by role `app` (LOGIN, scram-sha-256 password).
+pub struct Postgres {
+    child: Child,
+    port: u16,
+    bin: PathBuf,
+    log: PathBuf,
+    app_password: String,
+    dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// initdb + `postgres -k DIR -p PORT -c listen_addresses=127.0.0.1`. PostgreSQL refuses to run as
+    /// root, so as root the server runs as the `postgres` system user (Debian's package creates it), or
+    /// `nobody`, which gets the temporary directory.
+    pub fn start() -> Postgres {
+        let bin = pg_bin_dir();
+        require(&[
+            (bin.join("postgres").to_str().unwrap(), "postgresql"),
+            (bin.join("initdb").to_str().unwrap(), "postgresql"),
+            ("/usr/bin/psql", "postgresql-client"),
+        ]);
+        let dir = tempfile::Builder::new().prefix("sidecar-pg-").tempdir().expect("temp dir");
+        let run_as = if is_root() { Some(passwd_ids("postgres").or_else(|| passwd_ids("nobody")).expect("a postgres or nobody user")) } else { None };
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown pg temp dir");
+        }
+        let data = dir.path().join("data");
+        let log = dir.path().join("postgres.log");
+
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .env("LC_ALL", "C");
+        as_user(&mut initdb, run_as);
+        let out = initdb.output().expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let port = free_port();
+        let logf = fs::File::create(&log).expect("create postgres log");
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
+        }
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(dir.path())
+            .arg("-p")
+            .arg(port.to_string())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"])
+            .args(["-c", "password_encryption=scram-sha-256", "-c", "log_min_messages=warning"])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        as_user(&mut cmd, run_as);
+        let child = cmd.spawn().expect("spawn postgres");
+        let mut pg = Postgres { child, port, bin, log, app_password: random_password(), dir };
+        if let Err(e) = pg.wait_ready() {
+            panic!("postgres did not start: {e}");
+        }
+        pg.sql(&format!("CREATE ROLE {APP_USER} LOGIN PASSWORD {};", sql_str(&pg.app_password)));
+        pg.sql(&format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER};"));
+        pg
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("postgres exited with {status}; log:\n{}", tail(&self.log, 30)));
+            }
+            if self.dir.path().join(format!(".s.PGSQL.{}", self.port)).exists() {
+                let out = run_with_stdin(self.admin_cmd(), "SELECT 1;");
+                if out.status.success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("postgres not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn admin_cmd(&self) -> Command {
+        let mut c = Command::new("/usr/bin/psql");
+        c.arg("-X")
+            .arg("-q")
+            .args(["-v", "ON_ERROR_STOP=1", "-At"])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-f", "-"]);
+        c
+    }
+
+    /// Runs SQL as the superuser over the socket (on stdin), returns stdout; panics on an error.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = run_with_stdin(self.admin_cmd(), sql);
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ALTER ROLE … PASSWORD` (the setSecret step of a rotation).
+    pub fn set_password(&self, user: &str, password: &str) {
+        self.sql(&format!("ALTER ROLE {user} PASSWORD {};", sql_str(password)));
+    }
+
+    /// Terminates every backend of `user`; returns how many.
+    pub fn kill_connections(&self, user: &str) -> usize {
+        let out = self.sql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = {};",
+            sql_str(user)
+        ));
+        out.trim().parse().unwrap_or(0)
+    }
+
+    /// Whether `user`/`password` can log in over TCP right now.
+    pub fn can_login(&self, user: &str, password: &str) -> bool {
+        let mut c = Command::new("/usr/bin/psql");
+        c.args(["-X", "-q", "-At", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user, "-d", APP_DATABASE])
+            .args(["-w", "-f", "-"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5");
+        run_with_stdin(c, "SELECT 1;").status.success()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+    /// The Unix socket directory.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn app_password(&self) -> &str {
+        &self.app_password
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+}
+
+fn as_user(cmd: &mut Command, ids: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = ids {
+        // std drops supplementary groups (setgroups(0)) when it changes ids as root.
+        cmd.uid(uid).gid(gid);
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        stop(&mut self.child, rustix::process::Signal::INT);
+    }
+}
