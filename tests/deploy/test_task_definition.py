@@ -1,0 +1,419 @@
+"""ecs-task-def.json: accepted by the ECS API's input model, and wired so the sidecar works.
+
+Three layers, each with negative controls proving the guard can fail:
+1. shape: the file against RegisterTaskDefinition's input shape in botocore's ECS model;
+2. relations: volume, mounts, dependsOn, health check, users, env (task_checks.py);
+3. the sidecar's own parser: `secrets-sidecar check-config` on the container's environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+from botocore.validate import ParamValidator
+
+import placeholders
+import shape_validator
+import task_checks as tc
+
+SHAPE = shape_validator.register_task_definition_input()
+
+
+def containers(td):
+    return {c["name"]: c for c in td["containerDefinitions"]}
+
+
+# ---- 1. the shape ------------------------------------------------------------------------
+
+
+def test_task_definition_matches_register_task_definition_input_shape(task_def):
+    assert shape_validator.validate(task_def, SHAPE) == []
+
+
+def test_rendered_task_definition_matches_the_shape_and_botocores_own_validator(task_def):
+    rendered = json.loads(placeholders.render(json.dumps(task_def)))
+    assert placeholders.placeholders_in(json.dumps(rendered)) == set()
+    assert shape_validator.validate(rendered, SHAPE) == []
+    report = ParamValidator().validate(rendered, SHAPE)
+    assert not report.has_errors(), report.generate_report()
+
+
+def _side(td):
+    return containers(td)["secrets-sidecar"]
+
+
+def _app(td):
+    return containers(td)["app"]
+
+
+def _set(path_fn, key, value):
+    def mutate(td):
+        path_fn(td)[key] = value
+
+    return mutate
+
+
+def _del(path_fn, key):
+    def mutate(td):
+        del path_fn(td)[key]
+
+    return mutate
+
+
+# (id, mutation, error the validator must report)
+SHAPE_VIOLATIONS = [
+    # unknown members, at the top, in a container, in a nested structure
+    ("unknown-top", _set(lambda td: td, "familly", "x"), "$: unknown member 'familly'"),
+    (
+        "unknown-container-member",
+        _set(_side, "healthcheck", {"command": ["CMD", "true"]}),
+        "$.containerDefinitions[0]: unknown member 'healthcheck'",
+    ),
+    (
+        "unknown-nested-member",
+        _set(lambda td: _side(td)["healthCheck"], "startperiod", 30),
+        "$.containerDefinitions[0].healthCheck: unknown member 'startperiod'",
+    ),
+    # wrong types, one per type the shape uses
+    (
+        "structure-as-string",
+        _set(_side, "healthCheck", "CMD /secrets-sidecar healthcheck"),
+        "$.containerDefinitions[0].healthCheck: expected a structure",
+    ),
+    (
+        "list-as-object",
+        _set(_side, "environment", {"SIDECAR_SECRETS": "db=x"}),
+        "$.containerDefinitions[0].environment: expected a list",
+    ),
+    (
+        "map-as-list",
+        _set(lambda td: _side(td)["logConfiguration"], "options", [["awslogs-group", "/ecs/x"]]),
+        "$.containerDefinitions[0].logConfiguration.options: expected a map",
+    ),
+    (
+        "map-value-not-string",
+        _set(lambda td: _side(td)["logConfiguration"]["options"], "awslogs-group", 5),
+        "$.containerDefinitions[0].logConfiguration.options['awslogs-group']: expected a string",
+    ),
+    ("string-as-integer", _set(lambda td: td, "cpu", 1024), "$.cpu: expected a string"),
+    (
+        "integer-as-string",
+        _set(lambda td: _side(td)["healthCheck"], "interval", "10"),
+        "$.containerDefinitions[0].healthCheck.interval: expected an integer",
+    ),
+    ("integer-as-boolean", _set(_side, "cpu", True), "$.containerDefinitions[0].cpu: expected an integer"),
+    (
+        "boolean-as-string",
+        _set(_side, "readonlyRootFilesystem", "true"),
+        "$.containerDefinitions[0].readonlyRootFilesystem: expected a boolean",
+    ),
+    ("null-member", _set(_side, "essential", None), "$.containerDefinitions[0].essential: expected a boolean"),
+    # enums
+    ("enum-network-mode", _set(lambda td: td, "networkMode", "awsvpcx"), "$.networkMode: 'awsvpcx' is not one of"),
+    (
+        "enum-compatibility-case",
+        _set(lambda td: td, "requiresCompatibilities", ["fargate"]),
+        "$.requiresCompatibilities[0]: 'fargate' is not one of",
+    ),
+    (
+        "enum-depends-on-condition",
+        _set(lambda td: _app(td)["dependsOn"][0], "condition", "HEALTH"),
+        "$.containerDefinitions[1].dependsOn[0].condition: 'HEALTH' is not one of",
+    ),
+    (
+        "enum-log-driver",
+        _set(lambda td: _side(td)["logConfiguration"], "logDriver", "cloudwatch"),
+        "$.containerDefinitions[0].logConfiguration.logDriver: 'cloudwatch' is not one of",
+    ),
+    (
+        "enum-cpu-architecture",
+        _set(lambda td: td["runtimePlatform"], "cpuArchitecture", "AMD64"),
+        "$.runtimePlatform.cpuArchitecture: 'AMD64' is not one of",
+    ),
+    # required members
+    ("missing-family", _del(lambda td: td, "family"), "$: missing required member 'family'"),
+    (
+        "missing-container-definitions",
+        _del(lambda td: td, "containerDefinitions"),
+        "$: missing required member 'containerDefinitions'",
+    ),
+    (
+        "missing-healthcheck-command",
+        _del(lambda td: _side(td)["healthCheck"], "command"),
+        "$.containerDefinitions[0].healthCheck: missing required member 'command'",
+    ),
+    (
+        "missing-depends-on-condition",
+        _del(lambda td: _app(td)["dependsOn"][0], "condition"),
+        "$.containerDefinitions[1].dependsOn[0]: missing required member 'condition'",
+    ),
+    (
+        "missing-log-driver",
+        _del(lambda td: _side(td)["logConfiguration"], "logDriver"),
+        "$.containerDefinitions[0].logConfiguration: missing required member 'logDriver'",
+    ),
+    (
+        "list-above-max",
+        _set(lambda td: td, "tags", [{"key": f"k{i}", "value": "v"} for i in range(51)]),
+        "$.tags: list length 51 is above the model's max 50",
+    ),
+]
+
+
+@pytest.mark.parametrize("mutate, expected", [v[1:] for v in SHAPE_VIOLATIONS], ids=[v[0] for v in SHAPE_VIOLATIONS])
+def test_shape_validator_rejects(task_def, mutate, expected):
+    assert _side(task_def)["name"] == "secrets-sidecar", "the paths above assume the sidecar comes first"
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    errors = shape_validator.validate(bad, SHAPE)
+    assert any(e.startswith(expected) for e in errors), f"expected {expected!r} among {errors}"
+
+
+def test_shape_validator_refuses_shape_types_it_does_not_know():
+    # A future model change to a timestamp/blob member must fail loudly, not pass unchecked.
+    ts = SHAPE.members["containerDefinitions"].member.members["name"]
+    fake = copy.copy(ts)
+    fake.type_name = "timestamp"
+    assert shape_validator.validate("2024-01-01", fake) == [
+        "$: shape type 'timestamp' (String) is not supported by this validator"
+    ]
+
+
+# ---- 2. relations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", tc.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_relation_holds(task_def, check):
+    assert check(task_def) == []
+
+
+def test_healthcheck_is_the_binarys_healthcheck_subcommand_within_ecs_limits(task_def, entrypoint):
+    assert entrypoint == "/secrets-sidecar"
+    assert tc.check_healthcheck(task_def, entrypoint) == []
+
+
+def test_app_env_names_the_file_url_and_token_the_sidecar_produces(task_def, image_env):
+    assert tc.check_app_points_at_sidecar(task_def, image_env) == []
+
+
+def test_sidecar_user_and_readonly_root(task_def):
+    side = _side(task_def)
+    assert side["user"] == "65532:1000"
+    assert side["readonlyRootFilesystem"] is True
+    assert side["essential"] is True
+
+
+def _mount(td, name):
+    return tc.mount(containers(td)[name])
+
+
+def _hc(td):
+    return _side(td)["healthCheck"]
+
+
+def _env_set(name_fn, key, value):
+    def mutate(td):
+        c = name_fn(td)
+        for e in c["environment"]:
+            if e["name"] == key:
+                e["value"] = value
+                return
+        c["environment"].append({"name": key, "value": value})
+
+    return mutate
+
+
+# (id, check, mutation, a phrase of the problem it must report)
+RELATION_VIOLATIONS = [
+    ("app-mount-rw", tc.check_shared_volume, _set(lambda td: _mount(td, "app"), "readOnly", False), "read-only"),
+    ("app-mount-missing", tc.check_shared_volume, _set(_app, "mountPoints", []), "app does not mount"),
+    ("sidecar-mount-ro", tc.check_shared_volume, _set(lambda td: _mount(td, "secrets-sidecar"), "readOnly", True), "read-write"),
+    (
+        "sidecar-mount-path",
+        tc.check_shared_volume,
+        _set(lambda td: _mount(td, "secrets-sidecar"), "containerPath", "/run/secrets"),
+        "not /secrets",
+    ),
+    (
+        "host-volume",
+        tc.check_shared_volume,
+        _set(lambda td: td["volumes"][0], "host", {"sourcePath": "/tmp"}),
+        "task-scoped",
+    ),
+    ("no-volume", tc.check_shared_volume, _set(lambda td: td, "volumes", []), "exactly one task volume"),
+    (
+        "depends-on-start",
+        tc.check_app_waits_for_healthy_sidecar,
+        _set(lambda td: _app(td)["dependsOn"][0], "condition", "START"),
+        "HEALTHY",
+    ),
+    ("no-depends-on", tc.check_app_waits_for_healthy_sidecar, _del(_app, "dependsOn"), "HEALTHY"),
+    ("readonly-root-off", tc.check_sidecar_hardening, _set(_side, "readonlyRootFilesystem", False), "readonlyRootFilesystem"),
+    ("not-essential", tc.check_sidecar_hardening, _set(_side, "essential", False), "essential"),
+    ("root-user", tc.check_sidecar_hardening, _set(_side, "user", "0"), "uid 65532"),
+    ("sidecar-own-group", tc.check_sidecar_hardening, _set(_side, "user", "65532:65532"), "gid 1000"),
+    ("named-user", tc.check_sidecar_hardening, _set(_side, "user", "nonroot"), "numeric"),
+    ("app-other-group", tc.check_sidecar_hardening, _set(_app, "user", "1000:2000"), "gid 2000"),
+    (
+        "value-from-db-arn",
+        tc.check_no_value_from_for_db_password,
+        _set(
+            _app,
+            "secrets",
+            [
+                {
+                    "name": "DB_PASSWORD",
+                    "valueFrom": "arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>:password::",
+                }
+            ],
+        ),
+        "valueFrom",
+    ),
+    (
+        "value-from-other-password",
+        tc.check_no_value_from_for_db_password,
+        _set(_app, "secrets", [{"name": "DATABASE_PASSWORD", "valueFrom": "arn:aws:ssm:<REGION>:<ACCOUNT_ID>:parameter/db"}]),
+        "DATABASE_PASSWORD",
+    ),
+    ("awslogs-missing-prefix", tc.check_fargate, _del(lambda td: _side(td)["logConfiguration"]["options"], "awslogs-stream-prefix"), "awslogs-stream-prefix"),
+    ("bridge-network", tc.check_fargate, _set(lambda td: td, "networkMode", "bridge"), "awsvpc"),
+    ("bad-fargate-size", tc.check_fargate, _set(lambda td: td, "memory", "1000"), "not a Fargate combination"),
+    ("reservations-too-big", tc.check_fargate, _set(_app, "cpu", 2048), "cpu reservations"),
+]
+
+
+@pytest.mark.parametrize(
+    "check, mutate, phrase", [v[1:] for v in RELATION_VIOLATIONS], ids=[v[0] for v in RELATION_VIOLATIONS]
+)
+def test_relation_check_catches(task_def, check, mutate, phrase):
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = check(bad)
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+HEALTHCHECK_VIOLATIONS = [
+    ("shell-form", _set(_hc, "command", ["CMD-SHELL", "/secrets-sidecar healthcheck"]), "command must be"),
+    ("wrong-subcommand", _set(_hc, "command", ["CMD", "/secrets-sidecar", "--healthcheck"]), "command must be"),
+    ("wrong-binary-path", _set(_hc, "command", ["CMD", "/usr/local/bin/secrets-sidecar", "healthcheck"]), "command must be"),
+    ("interval-below", _set(_hc, "interval", 4), "interval"),
+    ("interval-above", _set(_hc, "interval", 301), "interval"),
+    ("timeout-below", _set(_hc, "timeout", 1), "timeout"),
+    ("timeout-not-above-probe", _set(_hc, "timeout", 2), "probe's own 2 s"),
+    ("timeout-above", _set(_hc, "timeout", 61), "timeout"),
+    ("retries-zero", _set(_hc, "retries", 0), "retries"),
+    ("retries-above", _set(_hc, "retries", 11), "retries"),
+    ("start-period-above", _set(_hc, "startPeriod", 301), "startPeriod"),
+    ("start-period-missing", _del(_hc, "startPeriod"), "startPeriod"),
+    ("no-healthcheck", _del(_side, "healthCheck"), "no healthCheck"),
+]
+
+
+@pytest.mark.parametrize("mutate, phrase", [v[1:] for v in HEALTHCHECK_VIOLATIONS], ids=[v[0] for v in HEALTHCHECK_VIOLATIONS])
+def test_healthcheck_check_catches(task_def, entrypoint, mutate, phrase):
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = tc.check_healthcheck(bad, entrypoint)
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+APP_ENV_VIOLATIONS = [
+    ("file-name", _env_set(_app, "SECRETS_SIDECAR_FILE", "/secrets/database.json"), "SECRETS_SIDECAR_FILE"),
+    ("url-port", _env_set(_app, "SECRETS_SIDECAR_URL", "http://127.0.0.1:2774/v1/secrets/db"), "SECRETS_SIDECAR_URL"),
+    ("token-file", _env_set(_app, "SECRETS_SIDECAR_TOKEN_FILE", "/secrets/token"), "SECRETS_SIDECAR_TOKEN_FILE"),
+    # The sidecar changes, the app does not follow.
+    ("sidecar-listen-moved", _env_set(_side, "SIDECAR_LISTEN", "127.0.0.1:2999"), "SECRETS_SIDECAR_URL"),
+    (
+        "secret-renamed",
+        _env_set(_side, "SIDECAR_SECRETS", "primary=arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"),
+        "SECRETS_SIDECAR_FILE",
+    ),
+    ("output-dir-moved", _env_set(_side, "SIDECAR_OUTPUT_DIR", "/var/secrets"), "writes to /var/secrets"),
+]
+
+
+@pytest.mark.parametrize("mutate, phrase", [v[1:] for v in APP_ENV_VIOLATIONS], ids=[v[0] for v in APP_ENV_VIOLATIONS])
+def test_app_env_check_catches(task_def, image_env, mutate, phrase):
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = tc.check_app_points_at_sidecar(bad, image_env)
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+# ---- 3. the sidecar's own config parser ---------------------------------------------------
+
+
+def container_environment(td: dict, image_env: dict[str, str]) -> dict[str, str]:
+    """What ECS hands the sidecar process, placeholders filled in as a user would: the image's
+    ENV, then the task definition's environment on top, then what Fargate itself adds."""
+    rendered = json.loads(placeholders.render(json.dumps(td)))
+    region = placeholders.EXAMPLE_VALUES["<REGION>"]
+    return {**image_env, **tc.env_of(_side(rendered)), "AWS_REGION": region, "AWS_DEFAULT_REGION": region}
+
+
+def run_check_config(sidecar_bin: str, container_env: dict[str, str]) -> subprocess.CompletedProcess:
+    # The test machine's own SIDECAR_* must not leak in: only the container's count.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "AWS_"))}
+    # check-config must never call AWS. Should it try anyway, the SDK is pointed at a local
+    # socket that records the attempt, and IMDS (a non-loopback address) is switched off.
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.setblocking(False)
+        endpoint = f"http://127.0.0.1:{trap.getsockname()[1]}"
+        guard = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "not-a-real-key",
+        }
+        proc = subprocess.run(
+            [sidecar_bin, "check-config"],
+            env={**base, **guard, **container_env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        try:
+            conn, _ = trap.accept()
+            conn.close()
+            pytest.fail("check-config connected to the Secrets Manager endpoint; it must never call AWS")
+        except BlockingIOError:
+            pass
+    return proc
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_sidecar_environment_passes_the_sidecars_own_check_config(task_def, image_env, sidecar_bin):
+    env = container_environment(task_def, image_env)
+    assert {k for k in env if k.startswith("SIDECAR_")} == {"SIDECAR_SECRETS", "SIDECAR_OUTPUT_DIR"}
+    proc = run_check_config(sidecar_bin, env)
+    assert proc.returncode == 0, describe(proc)
+
+
+ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-0f1e2d3c-AbCdEf"
+BAD_ENVS = [
+    # (id, variable, value, text the error must name)
+    ("secrets-missing-equals", "SIDECAR_SECRETS", "db:" + ARN, "db:" + ARN),
+    ("secrets-duplicate-name", "SIDECAR_SECRETS", f"db={ARN},db={ARN}", "db"),
+    ("secrets-empty", "SIDECAR_SECRETS", "", "SIDECAR_SECRETS"),
+    ("secrets-bad-name", "SIDECAR_SECRETS", f"../db={ARN}", "../db"),
+    ("listen-not-loopback", "SIDECAR_LISTEN", "0.0.0.0:2773", "0.0.0.0"),
+]
+
+
+@pytest.mark.parametrize("var, value, named", [b[1:] for b in BAD_ENVS], ids=[b[0] for b in BAD_ENVS])
+def test_check_config_rejects_a_broken_sidecar_environment(task_def, image_env, sidecar_bin, var, value, named):
+    env = {**container_environment(task_def, image_env), var: value}
+    proc = run_check_config(sidecar_bin, env)
+    assert proc.returncode == 2, describe(proc)
+    assert named in proc.stdout + proc.stderr, f"the message should name {named!r}\n{describe(proc)}"
