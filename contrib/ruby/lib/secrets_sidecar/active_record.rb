@@ -1,0 +1,469 @@
+# frozen_string_literal: true
+
+# secrets_sidecar/active_record: requiring this file installs the hook; nothing else to call.
+#
+# Rails reads database.yml once at boot, so a rotated password would only be seen after a redeploy. Every
+# new connection and every reconnect goes through the adapter's class method `new_client` (Rails 6.1–8.x,
+# mysql2, postgresql, trilogy), so the hook wraps that: it reads the credentials file the sidecar publishes
+# (one stat when unchanged), puts username/password into a copy of the config, and on an authentication
+# failure asks the sidecar to refresh, then tries the AWSPENDING value while a rotation is under way.
+#
+# Configuration, in the connection config (database.yml or establish_connection):
+#
+#   secrets_sidecar:
+#     file: /secrets/db.json                      # required
+#     url: http://127.0.0.1:2773/v1/secrets/db    # optional: refresh + AWSPENDING fallback
+#     token_file: /secrets/.token                 # optional, with url
+#
+# The `secrets_sidecar` key never reaches the driver.
+#
+# Where the hook goes, by version (see the adapter sources):
+# * mysql2/trilogy: `new_client(config)` receives the adapter's config, key included. Load hook
+#   :active_record_mysql2adapter / :active_record_trilogyadapter from 7.1; before that we require the adapter.
+# * postgresql: `new_client(conn_params)` receives libpq parameters, already sliced to libpq's keys, so the
+#   `secrets_sidecar` key is gone. 6.1/7.0 build them in `ActiveRecord::Base.postgresql_connection` and call
+#   new_client right there; 7.1+ build them in the adapter's initialize and connect lazily. We carry the
+#   settings on the parameter hash object itself (an instance variable, invisible to libpq), set from
+#   postgresql_connection (6.1/7.0) or from the adapter's initialize (7.1+), so reconnects (which call
+#   new_client(@connection_parameters) again) find them.
+
+require "active_record"
+require "secrets_sidecar"
+
+module SecretsSidecar
+  module ActiveRecord
+    CONFIG_KEY = "secrets_sidecar"
+    # Attempts per new connection, including the first.
+    MAX_ATTEMPTS = 3
+    # Wall-clock budget for the retries after the first failure (the issue asks for under 3 s in all).
+    RETRY_BUDGET = 2.5
+    BACKOFF = [0.2, 0.5, 1.0].freeze
+    MYSQL_ACCESS_DENIED = 1045
+    PG_INVALID_PASSWORD = "28P01"
+    PG_AUTH_MESSAGE = /password authentication failed|authentication failed for user/i.freeze
+    PG_SETTINGS_IVAR = :@__secrets_sidecar_settings
+
+    # Raised instead of a bare errno when the credentials cannot be read. A ConnectionNotEstablished, so
+    # ActiveRecord and apps treat it as what it is.
+    class CredentialsUnavailable < ::ActiveRecord::ConnectionNotEstablished; end
+
+    # Parsed `secrets_sidecar:` block. Holds paths and a URL, no secret.
+    class Settings
+      attr_reader :file, :url, :token_file
+
+      def self.from(value)
+        return nil if value.nil?
+        unless value.respond_to?(:to_hash)
+          raise ArgumentError, "secrets_sidecar: the `secrets_sidecar` connection option must be a hash " \
+                               "with `file` (and optionally `url`, `token_file`)"
+        end
+        h = value.to_hash.each_with_object({}) { |(k, v), acc| acc[k.to_s] = v }
+        unknown = h.keys - %w[file url token_file]
+        unless unknown.empty?
+          raise ArgumentError, "secrets_sidecar: unknown key(s) #{unknown.join(', ')} in `secrets_sidecar` " \
+                               "(known: file, url, token_file)"
+        end
+        file = h["file"].to_s
+        raise ArgumentError, "secrets_sidecar: `secrets_sidecar.file` is required" if file.empty?
+
+        url = h["url"].to_s
+        token_file = h["token_file"].to_s
+        new(file, url.empty? ? nil : url, token_file.empty? ? nil : token_file)
+      end
+
+      def initialize(file, url, token_file)
+        @file = file.dup.freeze
+        @url = url&.dup&.freeze
+        @token_file = token_file&.dup&.freeze
+        freeze
+      end
+
+      def key
+        [file, url, token_file]
+      end
+
+      def ==(other)
+        other.is_a?(Settings) && other.key == key
+      end
+      alias eql? ==
+
+      def hash
+        key.hash
+      end
+    end
+
+    # Per-process state for one `secrets_sidecar` block: the file cache, the endpoint client, and the
+    # memory that the AWSPENDING credentials worked (valid until the file changes), so that during a
+    # single-user rotation window only the first connection pays the extra round trips.
+    class Source
+      attr_reader :settings, :file, :client
+
+      def initialize(settings)
+        @settings = settings
+        @file = CredentialsFile.new(settings.file)
+        @client = settings.url ? Client.new(settings.url, token_file: settings.token_file) : nil
+        @mutex = Mutex.new
+        @pending_memo = nil # [file identity, Credentials]
+      end
+
+      # Credentials to try first, in order: remembered AWSPENDING credentials (while the file is unchanged),
+      # then the file's.
+      def initial_candidates
+        current = @file.read
+        memo = @mutex.synchronize { @pending_memo }
+        if memo && memo[0] == @file.identity
+          [memo[1], current]
+        else
+          forget_pending if memo
+          [current]
+        end
+      end
+
+      def succeeded(creds)
+        return unless creds.source == :pending
+
+        identity = @file.identity
+        @mutex.synchronize { @pending_memo = [identity, creds] }
+      end
+
+      def failed(creds)
+        forget_pending if creds.source == :pending
+      end
+
+      def forget_pending
+        @mutex.synchronize { @pending_memo = nil }
+      end
+
+      def inspect
+        "#<#{self.class.name} file=#{settings.file.inspect} url=#{settings.url.inspect}>"
+      end
+      alias to_s inspect
+    end
+
+    class << self
+      attr_writer :logger
+
+      def logger
+        @logger || (::ActiveRecord::Base.logger if defined?(::ActiveRecord::Base))
+      end
+
+      # Settings from a connection config (string or symbol key), or nil when the key is absent.
+      def settings_from(config)
+        return nil unless config.respond_to?(:key?)
+
+        value = config[:secrets_sidecar] || config[CONFIG_KEY]
+        Settings.from(value)
+      end
+
+      # A copy of the config without the `secrets_sidecar` key (the original is frozen on 6.1, and must
+      # not be mutated in any case).
+      def strip(config)
+        config.reject { |k, _| k.to_s == CONFIG_KEY }
+      end
+
+      def source_for(settings)
+        @sources_mutex.synchronize { @sources[settings.key] ||= Source.new(settings) }
+      end
+
+      # For tests: forget every cached file and memo.
+      def reset!
+        @sources_mutex.synchronize { @sources.clear }
+      end
+
+      # The connection config with credentials applied. kind :mysql (username/database) or :postgresql
+      # (libpq names: user/dbname). The secret's host/port/database fill only what the config leaves out.
+      def apply(config, creds, kind)
+        user_key, db_key = kind == :postgresql ? %i[user dbname] : %i[username database]
+        out = strip(config)
+        out = out.transform_keys(&:to_sym)
+        out[user_key] = creds.username if creds.username
+        out[:password] = creds.password
+        out[:host] = creds.host if blank?(out[:host]) && creds.host && blank?(out[:socket])
+        out[:port] = creds.port if blank?(out[:port]) && creds.port
+        out[db_key] = creds.dbname if blank?(out[db_key]) && creds.dbname
+        out
+      end
+
+      # True when the error (or any error in its cause chain) is an authentication failure: MySQL/MariaDB
+      # 1045 (mysql2 error_number, trilogy error_code) or PostgreSQL 28P01 / its message. Rails may wrap
+      # the driver error in ConnectionNotEstablished, DatabaseConnectionError or even NoDatabaseError (when
+      # the user name happens to contain the database name), so the cause chain is walked.
+      def auth_failure?(error)
+        seen = {}
+        e = error
+        while e && !seen[e.object_id]
+          seen[e.object_id] = true
+          return true if e.respond_to?(:error_number) && e.error_number == MYSQL_ACCESS_DENIED
+          return true if e.respond_to?(:error_code) && e.error_code == MYSQL_ACCESS_DENIED
+          return true if pg_auth_failure?(e)
+
+          e = e.cause
+        end
+        false
+      end
+
+      # Opens a connection with credentials from the sidecar. Yields the config to pass to the original
+      # new_client; returns what it returns.
+      def connect(config, settings, kind)
+        source = source_for(settings)
+        candidates = begin
+          source.initial_candidates
+        rescue SecretsSidecar::Error => e
+          raise CredentialsUnavailable, e.message
+        end
+        tried = []
+        first_error = nil
+        deadline = nil
+        round = 0
+        loop do
+          creds = candidates.shift
+          creds = candidates.shift while creds && tried.any? { |t| t.same_login?(creds) }
+          if creds.nil?
+            break if first_error.nil? || tried.size >= MAX_ATTEMPTS
+
+            creds = discover(source, tried, deadline, round)
+            round += 1
+            break unless creds
+          end
+          tried << creds
+          begin
+            client = yield apply(config, creds, kind)
+            source.succeeded(creds)
+            recovered(settings, creds, tried.size) if first_error
+            return client
+          rescue StandardError => e
+            raise unless auth_failure?(e)
+
+            source.failed(creds)
+            first_error ||= e
+            deadline ||= monotonic + RETRY_BUDGET
+            warn("authentication failed for user #{creds.username.inspect} with the #{describe(creds)} " \
+                 "(attempt #{tried.size}/#{MAX_ATTEMPTS}, #{settings.file})")
+            break if tried.size >= MAX_ATTEMPTS
+          end
+        end
+        warn("giving up after #{tried.size} attempt(s); raising the original error (#{settings.file})") if first_error
+        raise first_error
+      end
+
+      private
+
+      # Finds credentials not yet tried: ask the sidecar to refresh, re-read the file, and during a rotation
+      # the AWSPENDING value. Sleeps with backoff between rounds while the budget lasts. nil: nothing new.
+      def discover(source, tried, deadline, round)
+        loop do
+          fresh = ->(c) { c && tried.none? { |t| t.same_login?(c) } }
+          answer = nil
+          if source.client
+            begin
+              answer = source.client.refresh
+            rescue SecretsSidecar::Error => e
+              warn("refresh failed: #{e.message}")
+            end
+          end
+          begin
+            current = source.file.read
+            return current if fresh.call(current)
+          rescue SecretsSidecar::Error => e
+            warn(e.message)
+          end
+          if answer
+            if answer["changed"]
+              # The sidecar has a new AWSCURRENT; the file may lag behind its answer by a moment.
+              current = safe { source.client.current }
+              return current if fresh.call(current)
+            end
+            if answer["rotation_in_progress"]
+              pending = safe { source.client.pending }
+              return pending if fresh.call(pending)
+            end
+          end
+          pause = BACKOFF[[round, BACKOFF.size - 1].min]
+          round += 1
+          remaining = deadline - monotonic
+          return nil if remaining <= 0.05
+
+          sleep([pause, remaining].min)
+          return nil if monotonic >= deadline
+        end
+      end
+
+      def safe
+        yield
+      rescue SecretsSidecar::Error => e
+        warn(e.message)
+        nil
+      end
+
+      def describe(creds)
+        case creds.source
+        when :pending then "AWSPENDING credentials"
+        when :endpoint then "sidecar's current credentials"
+        else "credentials file's credentials"
+        end
+      end
+
+      def recovered(settings, creds, attempts)
+        msg = "connected with the #{describe(creds)} on attempt #{attempts} (#{settings.file})"
+        msg += "; rotation in progress, remembering them until the file changes" if creds.source == :pending
+        logger&.warn("[secrets_sidecar] #{msg}")
+      end
+
+      def warn(message)
+        logger&.warn("[secrets_sidecar] #{message}")
+      end
+
+      def pg_auth_failure?(e)
+        return false unless defined?(::PG::Error) && e.is_a?(::PG::Error)
+
+        state = begin
+          e.result&.error_field(::PG::PG_DIAG_SQLSTATE)
+        rescue StandardError
+          nil
+        end
+        state == PG_INVALID_PASSWORD || PG_AUTH_MESSAGE.match?(e.message.to_s)
+      end
+
+      def blank?(value)
+        value.nil? || (value.respond_to?(:empty?) && value.empty?)
+      end
+
+      def monotonic
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      end
+    end
+
+    @sources = {}
+    @sources_mutex = Mutex.new
+
+    # --- the hooks -----------------------------------------------------------------------------------
+
+    # Prepended on Mysql2Adapter.singleton_class / TrilogyAdapter.singleton_class.
+    module MysqlNewClient
+      def new_client(config)
+        settings = SecretsSidecar::ActiveRecord.settings_from(config)
+        return super unless settings
+
+        SecretsSidecar::ActiveRecord.connect(config, settings, :mysql) do |conn_config|
+          client = super(conn_config)
+          # mysql2 keeps every option, password included, in client.query_options for the life of the
+          # connection; it is only needed to connect.
+          client.query_options.delete(:password) if client.respond_to?(:query_options)
+          client
+        end
+      end
+    end
+
+    # Prepended on PostgreSQLAdapter.singleton_class.
+    module PostgresNewClient
+      def new_client(conn_params)
+        settings = conn_params.instance_variable_get(PG_SETTINGS_IVAR) if conn_params
+        settings ||= Thread.current[:__secrets_sidecar_pg_settings]
+        return super unless settings
+
+        if !conn_params.frozen? && conn_params.instance_variable_get(PG_SETTINGS_IVAR).nil?
+          conn_params.instance_variable_set(PG_SETTINGS_IVAR, settings)
+        end
+        SecretsSidecar::ActiveRecord.connect(conn_params, settings, :postgresql) { |params| super(params) }
+      end
+    end
+
+    # Prepended on ActiveRecord::Base.singleton_class for 6.1/7.0, where postgresql_connection slices the
+    # config to libpq keys and calls new_client before the adapter exists.
+    module PostgresConnectionHandling
+      def postgresql_connection(config)
+        settings = SecretsSidecar::ActiveRecord.settings_from(config)
+        return super unless settings
+
+        previous = Thread.current[:__secrets_sidecar_pg_settings]
+        Thread.current[:__secrets_sidecar_pg_settings] = settings
+        begin
+          super
+        ensure
+          Thread.current[:__secrets_sidecar_pg_settings] = previous
+        end
+      end
+    end
+
+    # Prepended on PostgreSQLAdapter for 7.1+, where connect is lazy and uses @connection_parameters.
+    module PostgresAdapterInit
+      def initialize(*args, **kwargs, &block)
+        super
+        settings = SecretsSidecar::ActiveRecord.settings_from(@config)
+        params = @connection_parameters
+        if settings && params.is_a?(Hash) && !params.frozen?
+          params.instance_variable_set(PG_SETTINGS_IVAR, settings)
+        end
+      end
+    end
+
+    class << self
+      def install_mysql(adapter_class)
+        return if adapter_class.singleton_class.include?(MysqlNewClient)
+
+        adapter_class.singleton_class.prepend(MysqlNewClient)
+      end
+
+      def install_postgresql(adapter_class)
+        return if adapter_class.singleton_class.include?(PostgresNewClient)
+
+        adapter_class.singleton_class.prepend(PostgresNewClient)
+        if ::ActiveRecord.gem_version >= Gem::Version.new("7.1")
+          adapter_class.prepend(PostgresAdapterInit)
+        elsif ::ActiveRecord::Base.respond_to?(:postgresql_connection)
+          ::ActiveRecord::Base.singleton_class.prepend(PostgresConnectionHandling)
+        end
+      end
+
+      # Which hooks were installed (for tests and `rails runner` checks).
+      def installed
+        out = []
+        if defined?(::ActiveRecord::ConnectionAdapters::Mysql2Adapter) &&
+           ::ActiveRecord::ConnectionAdapters::Mysql2Adapter.singleton_class.include?(MysqlNewClient)
+          out << :mysql2
+        end
+        if defined?(::ActiveRecord::ConnectionAdapters::TrilogyAdapter) &&
+           ::ActiveRecord::ConnectionAdapters::TrilogyAdapter.singleton_class.include?(MysqlNewClient)
+          out << :trilogy
+        end
+        if defined?(::ActiveRecord::ConnectionAdapters::PostgreSQLAdapter) &&
+           ::ActiveRecord::ConnectionAdapters::PostgreSQLAdapter.singleton_class.include?(PostgresNewClient)
+          out << :postgresql
+        end
+        out
+      end
+
+      # Requires an adapter file for Rails versions without a load hook for it; skipped when the driver
+      # gem is not installed (the app cannot use that adapter then anyway).
+      def require_adapter(name)
+        require "active_record/connection_adapters/#{name}_adapter"
+        true
+      rescue LoadError
+        false
+      end
+    end
+
+    ar_version = ::ActiveRecord.gem_version
+    if ar_version >= Gem::Version.new("7.1")
+      ActiveSupport.on_load(:active_record_mysql2adapter) { SecretsSidecar::ActiveRecord.install_mysql(self) }
+      ActiveSupport.on_load(:active_record_trilogyadapter) { SecretsSidecar::ActiveRecord.install_mysql(self) }
+    else
+      ActiveSupport.on_load(:active_record) do
+        if SecretsSidecar::ActiveRecord.require_adapter("mysql2")
+          SecretsSidecar::ActiveRecord.install_mysql(::ActiveRecord::ConnectionAdapters::Mysql2Adapter)
+        end
+      end
+    end
+    if ar_version >= Gem::Version.new("7.0")
+      ActiveSupport.on_load(:active_record_postgresqladapter) do
+        SecretsSidecar::ActiveRecord.install_postgresql(self)
+      end
+    else
+      ActiveSupport.on_load(:active_record) do
+        if SecretsSidecar::ActiveRecord.require_adapter("postgresql")
+          SecretsSidecar::ActiveRecord.install_postgresql(::ActiveRecord::ConnectionAdapters::PostgreSQLAdapter)
+        end
+      end
+    end
+  end
+end
