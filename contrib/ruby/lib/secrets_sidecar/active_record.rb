@@ -444,9 +444,10 @@ module SecretsSidecar
     end
 
     ar_version = ::ActiveRecord.gem_version
+    # Trilogy: built in from 7.1; the activerecord-trilogy-adapter gem (6.1/7.0) runs the same load hook.
+    ActiveSupport.on_load(:active_record_trilogyadapter) { SecretsSidecar::ActiveRecord.install_mysql(self) }
     if ar_version >= Gem::Version.new("7.1")
       ActiveSupport.on_load(:active_record_mysql2adapter) { SecretsSidecar::ActiveRecord.install_mysql(self) }
-      ActiveSupport.on_load(:active_record_trilogyadapter) { SecretsSidecar::ActiveRecord.install_mysql(self) }
     else
       ActiveSupport.on_load(:active_record) do
         if SecretsSidecar::ActiveRecord.require_adapter("mysql2")
