@@ -1,1 +1,152 @@
+//! secrets-sidecar keeps AWS Secrets Manager secrets current in files on a volume shared with the app
+//! container, and on a localhost endpoint, so an app re-reads its database password whenever it opens a
+//! connection and a rotation becomes a non-event.
+//!
+//! # Layout
+//! Data flows one way: configuration → poller → store → files and HTTP.
+//! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
+//! - [`source`]: where values come from — Secrets Manager ([`source::aws`]) or a dev file ([`source::dev`]).
+//! - [`poller`]: one loop per secret deciding when to check, what to fetch, and publishing new versions.
+//! - [`publish`]: atomic writes of files on the shared volume.
+//! - [`store`]: the current state of every secret, and the readiness latch.
+//! - [`http`]: the token-protected `/v1/` API, served from the store.
+//! - [`health`]: `/healthz` and the `healthcheck` probe.
+//! - [`shutdown`]: signals and the shutdown grace period.
+//! - [`secret`], [`backoff`]: redacting value types; jitter and backoff arithmetic.
 
+pub mod backoff;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod poller;
+pub mod publish;
+pub mod secret;
+pub mod shutdown;
+pub mod source;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Format, SecretSpec, SourceConfig, TokenSetting, valid_name};
+use crate::poller::{Poller, Timing};
+use crate::publish::Publisher;
+use crate::secret::SecretString;
+use crate::source::{AwsSource, DevSource, FetchError, Source};
+use crate::store::Store;
+
+/// Where a generated token is published, beside the secrets.
+pub const TOKEN_FILE: &str = ".token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
+    #[error(transparent)]
+    Aws(#[from] source::aws::SetupError),
+    #[error("--dev-secrets: {0}")]
+    DevSecrets(FetchError),
+    #[error("--dev-secrets: key {0:?} is not a valid secret name")]
+    DevName(String),
+    #[error("--dev-secrets: cannot watch the file: {0}")]
+    DevWatch(#[from] notify::Error),
+}
+
+/// Runs the sidecar until `shutdown` resolves, serving HTTP on `listener`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let publisher = Publisher::new(config.output_dir.clone(), config.file);
+    // Blocking, but once and before anything else runs.
+    let removed = publisher.prepare()?;
+    if removed > 0 {
+        tracing::info!(removed, dir = %config.output_dir.display(), "removed temp files left by an earlier run");
+    }
+
+    let mut secrets = config.secrets.clone();
+    let source = match &config.source {
+        SourceConfig::Aws { endpoint_url } => Source::Aws(AwsSource::from_env(endpoint_url.as_deref()).await?),
+        SourceConfig::Dev { path } => {
+            let dev = DevSource::new(path.clone());
+            if secrets.is_empty() {
+                secrets = dev_specs(&dev)?;
+            }
+            tracing::warn!(file = %path.display(), "serving secrets from a local dev file, not Secrets Manager");
+            Source::Dev(dev)
+        }
+    };
+
+    let token = match &config.token {
+        TokenSetting::Given(t) => Some(t.clone()),
+        TokenSetting::Generate => {
+            let token = generate_token();
+            let (p, t) = (publisher.clone(), token.clone());
+            tokio::task::spawn_blocking(move || p.publish(TOKEN_FILE, t.expose().as_bytes()))
+                .await
+                .expect("token publish does not panic")?;
+            Some(token)
+        }
+        TokenSetting::Disabled => {
+            tracing::warn!("--no-token: /v1/ is served without a token; for local experiments only");
+            None
+        }
+    };
+
+    let store = Arc::new(Store::new(&secrets));
+    let poller = Poller::new(source, store.clone(), publisher, Timing::from_config(&config), &secrets);
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+
+    // Kept alive for the whole run: dropping the watcher stops it.
+    let _watcher = match &config.source {
+        SourceConfig::Dev { path } => {
+            let p = poller.clone();
+            Some(source::dev::watch(path, move || p.wake_all())?)
+        }
+        SourceConfig::Aws { .. } => None,
+    };
+
+    poller.spawn(&tracker, cancel.clone());
+    let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
+    let addr = listener.local_addr().ok();
+    tracing::info!(listen = ?addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
+    let server = axum::serve(listener, http::app(state)).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    tracker.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    shutdown.await;
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(shutdown::GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("tasks still running after the grace period; exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Without `--secret`, a dev run serves every key of the file as a json secret of the same name.
+fn dev_specs(dev: &DevSource) -> Result<Vec<SecretSpec>, RunError> {
+    dev.names()
+        .map_err(RunError::DevSecrets)?
+        .into_iter()
+        .map(|name| {
+            if valid_name(&name) {
+                Ok(SecretSpec { secret_id: name.clone(), name, format: Format::Json })
+            } else {
+                Err(RunError::DevName(name))
+            }
+        })
+        .collect()
+}
+
+/// 32 bytes from the OS's CSPRNG, hex-encoded.
+fn generate_token() -> SecretString {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(bytes.as_mut()).expect("the OS random source is available");
+    SecretString::from(hex::encode(bytes.as_ref()))
+}

@@ -1,0 +1,516 @@
+//! Configuration: the command line, its `SIDECAR_*` environment variables, and the checks that turn them
+//! into a [`Config`] before anything touches AWS or the disk.
+//!
+//! Every flag has an environment variable because ECS task definitions pass configuration as
+//! `environment`, and the image has no shell to build a command line with. Everything that can be wrong
+//! with the configuration is found here, so a bad task definition fails at start with exit code 2 and a
+//! message naming the offending value, not minutes later inside a poll loop.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::secret::SecretString;
+
+/// Default `--listen`: the port the AWS Secrets Manager Agent uses, so a task migrating from it keeps its URL.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2773";
+/// How long a rotation may keep a secret on the fast `--rotation-poll-interval` before it falls back to the
+/// normal interval: a rotation that failed half-way leaves `AWSPENDING` behind indefinitely.
+pub const ROTATION_FAST_POLL_CAP: Duration = Duration::from_secs(15 * 60);
+/// The shortest `--refresh-interval` accepted; below it a fleet would spend real money on API calls.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps AWS Secrets Manager secrets current in files on a shared volume and on a localhost endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "secrets-sidecar", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default when no subcommand is given).
+    Run,
+    /// Probe /healthz on --listen; exit 0 when healthy, 1 otherwise (for the ECS healthCheck).
+    Healthcheck,
+    /// Validate the configuration exactly as `run` would, print it, and exit without calling AWS.
+    CheckConfig,
+}
+
+/// The settings shared by every subcommand. All are `global` so they may stand before or after the
+/// subcommand, and none is `required` in clap's sense: `healthcheck` needs only `--listen`, and the
+/// checks for `run` live in [`Settings::validate`] where they can name the offending value.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// A secret to keep current: NAME=SECRET_ID[?format=raw]. Repeatable; the env var takes a
+    /// comma-separated list. NAME names the file (NAME.json) and the URL; SECRET_ID is a secret name or ARN.
+    #[arg(
+        long = "secret",
+        env = "SIDECAR_SECRETS",
+        value_delimiter = ',',
+        global = true,
+        value_name = "NAME=SECRET_ID"
+    )]
+    pub secrets: Vec<String>,
+
+    /// Directory the secret files are written to (a volume shared with the app container).
+    #[arg(long, env = "SIDECAR_OUTPUT_DIR", default_value = "/secrets", global = true)]
+    pub output_dir: PathBuf,
+
+    /// How often each secret is checked (±10% jitter per secret).
+    #[arg(long, env = "SIDECAR_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_duration,
+          global = true)]
+    pub refresh_interval: Duration,
+
+    /// How often a secret is checked while a rotation is under way (AWSPENDING on another version).
+    #[arg(long, env = "SIDECAR_ROTATION_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration,
+          global = true)]
+    pub rotation_poll_interval: Duration,
+
+    /// The shortest time between two fetches forced through POST /v1/secrets/NAME/refresh.
+    #[arg(long, env = "SIDECAR_MIN_REFRESH_GAP", default_value = "5s", value_parser = parse_duration,
+          global = true)]
+    pub min_refresh_gap: Duration,
+
+    /// Address of the HTTP endpoint. Only loopback addresses unless --allow-non-loopback.
+    #[arg(long, env = "SIDECAR_LISTEN", default_value = DEFAULT_LISTEN, global = true)]
+    pub listen: SocketAddr,
+
+    /// Allow --listen on a non-loopback address (the endpoint then serves secrets to the network).
+    #[arg(long, env = "SIDECAR_ALLOW_NON_LOOPBACK", global = true)]
+    pub allow_non_loopback: bool,
+
+    /// Mode of the files written, in octal.
+    #[arg(long, env = "SIDECAR_FILE_MODE", default_value = "0440", value_parser = parse_mode, global = true)]
+    pub file_mode: u32,
+
+    /// Owner uid of the files written [default: the process's own].
+    #[arg(long, env = "SIDECAR_FILE_UID", global = true)]
+    pub file_uid: Option<u32>,
+
+    /// Owner gid of the files written [default: the process's own].
+    #[arg(long, env = "SIDECAR_FILE_GID", global = true)]
+    pub file_gid: Option<u32>,
+
+    /// Secrets Manager endpoint [default: the SDK's, which honours AWS_ENDPOINT_URL_SECRETS_MANAGER].
+    #[arg(long, env = "SIDECAR_ENDPOINT_URL", global = true)]
+    pub endpoint_url: Option<String>,
+
+    /// Log format on stdout: one JSON object per line (for CloudWatch), or text.
+    #[arg(long, env = "SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+
+    /// Token required in X-Secrets-Sidecar-Token [default: 32 random bytes, written to DIR/.token].
+    #[arg(long, env = "SIDECAR_TOKEN", hide_env_values = true, global = true, conflicts_with = "no_token")]
+    pub token: Option<String>,
+
+    /// Serve /v1/ without a token. For local experiments only.
+    #[arg(long, env = "SIDECAR_NO_TOKEN", global = true)]
+    pub no_token: bool,
+
+    /// Report unhealthy when a secret has not been refreshed successfully for this long [default: never].
+    #[arg(long, env = "SIDECAR_MAX_STALENESS", value_parser = parse_duration, global = true)]
+    pub max_staleness: Option<Duration>,
+
+    /// Local development: read secrets from this JSON file ({NAME: value}) instead of Secrets Manager,
+    /// and publish every edit.
+    #[arg(long, env = "SIDECAR_DEV_SECRETS", global = true)]
+    pub dev_secrets: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// How a secret's value is written and served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `SecretString`, required to be a JSON object, written to `NAME.json`.
+    Json,
+    /// `SecretString` or `SecretBinary` bytes as they are, written to `NAME`.
+    Raw,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// One `NAME=SECRET_ID[?format=raw]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub secret_id: String,
+    pub format: Format,
+}
+
+impl SecretSpec {
+    /// The file name inside the output directory. Names are validated so this can never leave it.
+    pub fn file_name(&self) -> String {
+        match self.format {
+            Format::Json => format!("{}.json", self.name),
+            Format::Raw => self.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("empty entry (a stray comma in SIDECAR_SECRETS?)")]
+    Empty,
+    #[error("{0:?} is not NAME=SECRET_ID")]
+    NoEquals(String),
+    #[error("name {0:?} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")]
+    BadName(String),
+    #[error("secret id {0:?} is not a Secrets Manager name or ARN")]
+    BadSecretId(String),
+    #[error("unknown option {0:?} (the only option is format=json|raw)")]
+    BadOption(String),
+}
+
+impl FromStr for SecretSpec {
+    type Err = SpecError;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let (name, rest) = entry.split_once('=').ok_or_else(|| SpecError::NoEquals(entry.to_owned()))?;
+        if !valid_name(name) {
+            return Err(SpecError::BadName(name.to_owned()));
+        }
+        // `?` never occurs in a secret name or ARN, so it can introduce options unambiguously, and `,`
+        // stays free for the list separator of SIDECAR_SECRETS.
+        let (secret_id, options) = match rest.split_once('?') {
+            Some((id, opts)) => (id, Some(opts)),
+            None => (rest, None),
+        };
+        if !valid_secret_id(secret_id) {
+            return Err(SpecError::BadSecretId(secret_id.to_owned()));
+        }
+        let mut format = Format::Json;
+        for opt in options.into_iter().flat_map(|o| o.split('&')) {
+            format = match opt {
+                "format=json" => Format::Json,
+                "format=raw" => Format::Raw,
+                other => return Err(SpecError::BadOption(other.to_owned())),
+            };
+        }
+        Ok(SecretSpec { name: name.to_owned(), secret_id: secret_id.to_owned(), format })
+    }
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: safe as a file name and a URL path segment, and never `.`/`..`
+/// or a dot-file (the first character is alphanumeric), so it cannot collide with `.token` or temp files.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Secret names allow `A-Za-z0-9/_+=.@-`; RDS-owned ones add `!` (`rds!cluster-…`); ARNs add `:`.
+/// Names are at most 512 characters; an ARN adds at most a few hundred more.
+fn valid_secret_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 2048 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-!:".contains(&b))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 60s, 5m, 1h30m)"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err("expected an octal file mode such as 0440".to_owned()),
+    }
+}
+
+/// What the token check does.
+#[derive(Clone)]
+pub enum TokenSetting {
+    /// A token given with --token / SIDECAR_TOKEN.
+    Given(SecretString),
+    /// Generate one at start and publish it to DIR/.token.
+    Generate,
+    /// --no-token.
+    Disabled,
+}
+
+impl fmt::Debug for TokenSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSetting::Given(_) => f.write_str("Given(<redacted>)"),
+            TokenSetting::Generate => f.write_str("Generate"),
+            TokenSetting::Disabled => f.write_str("Disabled"),
+        }
+    }
+}
+
+/// Where values come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// Secrets Manager through the SDK's default chains; `endpoint_url` overrides the endpoint.
+    Aws { endpoint_url: Option<String> },
+    /// A local JSON file standing in for Secrets Manager (`--dev-secrets`).
+    Dev { path: PathBuf },
+}
+
+/// Owner and mode of every file written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// A validated configuration for `run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub secrets: Vec<SecretSpec>,
+    pub output_dir: PathBuf,
+    pub refresh_interval: Duration,
+    pub rotation_poll_interval: Duration,
+    pub min_refresh_gap: Duration,
+    pub listen: SocketAddr,
+    pub file: FileOptions,
+    pub token: TokenSetting,
+    pub max_staleness: Option<Duration>,
+    pub source: SourceConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no secrets configured: give --secret NAME=SECRET_ID or SIDECAR_SECRETS")]
+    NoSecrets,
+    #[error("invalid secret {entry:?}: {source}")]
+    Spec { entry: String, source: SpecError },
+    #[error("secret name {0:?} is given twice")]
+    DuplicateName(String),
+    #[error("--listen {0} is not a loopback address; add --allow-non-loopback to serve secrets to the network")]
+    NonLoopback(SocketAddr),
+    #[error("--{flag} must be at least {min}, got {value}", min = humantime::format_duration(*.min),
+            value = humantime::format_duration(*.value))]
+    TooShort { flag: &'static str, value: Duration, min: Duration },
+    #[error("--token is empty")]
+    EmptyToken,
+    #[error("--endpoint-url {0:?} must start with http:// or https://")]
+    BadEndpoint(String),
+    #[error("--output-dir must not be empty")]
+    EmptyOutputDir,
+}
+
+impl Settings {
+    /// Turns the raw settings into a [`Config`] or the first thing wrong with them.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        let mut seen = HashSet::new();
+        for entry in &self.secrets {
+            let spec: SecretSpec =
+                entry.parse().map_err(|source| ConfigError::Spec { entry: entry.clone(), source })?;
+            if !seen.insert(spec.name.clone()) {
+                return Err(ConfigError::DuplicateName(spec.name));
+            }
+            secrets.push(spec);
+        }
+        // A dev run without --secret serves every key of the dev file.
+        if secrets.is_empty() && self.dev_secrets.is_none() {
+            return Err(ConfigError::NoSecrets);
+        }
+        if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
+            return Err(ConfigError::NonLoopback(self.listen));
+        }
+        for (flag, value, min) in [
+            ("refresh-interval", self.refresh_interval, MIN_REFRESH_INTERVAL),
+            ("rotation-poll-interval", self.rotation_poll_interval, Duration::from_millis(100)),
+        ] {
+            if value < min {
+                return Err(ConfigError::TooShort { flag, value, min });
+            }
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyOutputDir);
+        }
+        let token = match (&self.token, self.no_token) {
+            (_, true) => TokenSetting::Disabled,
+            (Some(t), false) if t.is_empty() => return Err(ConfigError::EmptyToken),
+            (Some(t), false) => TokenSetting::Given(SecretString::from(t.clone())),
+            (None, false) => TokenSetting::Generate,
+        };
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::BadEndpoint(url.clone()));
+        }
+        let source = match &self.dev_secrets {
+            Some(path) => SourceConfig::Dev { path: path.clone() },
+            None => SourceConfig::Aws { endpoint_url: self.endpoint_url.clone() },
+        };
+        Ok(Config {
+            secrets,
+            output_dir: self.output_dir.clone(),
+            refresh_interval: self.refresh_interval,
+            rotation_poll_interval: self.rotation_poll_interval,
+            min_refresh_gap: self.min_refresh_gap,
+            listen: self.listen,
+            file: FileOptions { mode: self.file_mode, uid: self.file_uid, gid: self.file_gid },
+            token,
+            max_staleness: self.max_staleness,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, clap::Error> {
+        let argv = std::iter::once("secrets-sidecar").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| cli.settings)
+    }
+
+    #[test]
+    fn spec_accepts_rds_names_paths_and_arns() {
+        for (entry, id) in [
+            ("db=rds!cluster-1b2c3d4e-aaaa", "rds!cluster-1b2c3d4e-aaaa"),
+            ("app.cfg=prod/app/db", "prod/app/db"),
+            (
+                "db=arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-abc-Zx9Y1a",
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-abc-Zx9Y1a",
+            ),
+        ] {
+            let spec: SecretSpec = entry.parse().unwrap();
+            assert_eq!(spec.secret_id, id);
+            assert_eq!(spec.format, Format::Json);
+        }
+    }
+
+    #[test]
+    fn spec_format_option_selects_raw_file_name() {
+        let spec: SecretSpec = "cert=prod/tls?format=raw".parse().unwrap();
+        assert_eq!((spec.format, spec.file_name().as_str()), (Format::Raw, "cert"));
+        let spec: SecretSpec = "db=prod/db?format=json".parse().unwrap();
+        assert_eq!(spec.file_name(), "db.json");
+    }
+
+    #[test]
+    fn spec_rejects_malformed_entries_with_the_offending_part() {
+        assert_eq!("".parse::<SecretSpec>(), Err(SpecError::Empty));
+        assert_eq!("db".parse::<SecretSpec>(), Err(SpecError::NoEquals("db".into())));
+        assert_eq!("../x=a".parse::<SecretSpec>(), Err(SpecError::BadName("../x".into())));
+        assert_eq!(".token=a".parse::<SecretSpec>(), Err(SpecError::BadName(".token".into())));
+        assert_eq!("db=".parse::<SecretSpec>(), Err(SpecError::BadSecretId("".into())));
+        assert_eq!("db=a b".parse::<SecretSpec>(), Err(SpecError::BadSecretId("a b".into())));
+        assert_eq!("db=a?fmt=raw".parse::<SecretSpec>(), Err(SpecError::BadOption("fmt=raw".into())));
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let s = settings(&["--secret", "db=x"]).unwrap();
+        let c = s.validate().unwrap();
+        assert_eq!(c.output_dir, PathBuf::from("/secrets"));
+        assert_eq!(c.refresh_interval, Duration::from_secs(60));
+        assert_eq!(c.rotation_poll_interval, Duration::from_secs(2));
+        assert_eq!(c.min_refresh_gap, Duration::from_secs(5));
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.file, FileOptions { mode: 0o440, uid: None, gid: None });
+        assert!(matches!(c.token, TokenSetting::Generate));
+        assert_eq!(c.max_staleness, None);
+        assert_eq!(c.source, SourceConfig::Aws { endpoint_url: None });
+    }
+
+    #[test]
+    fn flags_may_follow_the_subcommand() {
+        let cli = Cli::try_parse_from(["secrets-sidecar", "check-config", "--secret", "db=x"]).unwrap();
+        assert_eq!(cli.command, Some(Command::CheckConfig));
+        assert_eq!(cli.settings.secrets, ["db=x"]);
+    }
+
+    #[test]
+    fn duplicate_names_and_empty_lists_are_rejected() {
+        let s = settings(&["--secret", "db=a", "--secret", "db=b"]).unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::DuplicateName(n)) if n == "db"));
+        let s = settings(&[]).unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::NoSecrets)));
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_the_explicit_flag() {
+        let s = settings(&["--secret", "db=a", "--listen", "0.0.0.0:2773"]).unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::NonLoopback(_))));
+        let s = settings(&["--secret", "db=a", "--listen", "0.0.0.0:2773", "--allow-non-loopback"]).unwrap();
+        assert!(s.validate().is_ok());
+        let s = settings(&["--secret", "db=a", "--listen", "[::1]:2773"]).unwrap();
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn file_mode_is_octal_and_bounded() {
+        assert_eq!(parse_mode("0440"), Ok(0o440));
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("7777").is_err());
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let s = settings(&["--secret", "db=a", "--token", "hunter2-hunter2"]).unwrap();
+        let c = s.validate().unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("Given(<redacted>)"));
+    }
+
+    #[test]
+    fn token_and_no_token_conflict() {
+        assert!(settings(&["--secret", "db=a", "--token", "t", "--no-token"]).is_err());
+    }
+
+    proptest! {
+        /// Any accepted name stays inside the output directory and is neither a dot-file nor a path.
+        #[test]
+        fn accepted_names_are_plain_file_names(name in "\\PC{0,70}") {
+            if valid_name(&name) {
+                prop_assert!(!name.contains('/'));
+                prop_assert!(!name.starts_with('.'));
+                prop_assert!(name != "..");
+                let spec = SecretSpec { name: name.clone(), secret_id: "x".into(), format: Format::Json };
+                let path = std::path::Path::new("/out").join(spec.file_name());
+                prop_assert_eq!(path.parent(), Some(std::path::Path::new("/out")));
+            }
+        }
+
+        /// Parsing a well-formed entry gives back exactly its parts.
+        #[test]
+        fn well_formed_entries_round_trip(
+            name in "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+            id in "[A-Za-z0-9/_+=.@!:-]{1,100}",
+            raw in any::<bool>(),
+        ) {
+            let entry = if raw { format!("{name}={id}?format=raw") } else { format!("{name}={id}") };
+            let spec: SecretSpec = entry.parse().unwrap();
+            prop_assert_eq!(spec.name, name);
+            prop_assert_eq!(spec.secret_id, id);
+            prop_assert_eq!(spec.format, if raw { Format::Raw } else { Format::Json });
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The HTTP face: secrets served from memory on a loopback address.
+//!
+//! Every `/v1/` route needs `X-Secrets-Sidecar-Token`, compared in constant time. A request carrying
+//! `X-Forwarded-For` is refused on every route: a proxied request did not come from inside the task, and the
+//! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Errors leave
+//! through [`ApiError`] alone, as `{"error": "…"}` built by serde, with fixed texts: no internal detail and no
+//! secret material can reach a body. The handlers read the store; the only way they reach AWS is the
+//! poller's refresh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::config::Format;
+use crate::poller::Poller;
+use crate::secret::SecretString;
+use crate::store::{Store, Version};
+
+pub const TOKEN_HEADER: &str = "x-secrets-sidecar-token";
+/// Longer than one Secrets Manager operation (10 s), so a forced refresh can finish.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub poller: Poller,
+    /// `None` with `--no-token`.
+    pub token: Option<SecretString>,
+    pub max_staleness: Option<Duration>,
+}
+
+/// The whole router; tests drive it with `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/secrets", get(list))
+        .route("/v1/secrets/{name}", get(get_secret))
+        // A static segment beats `{key}` in the router, so GET of a key literally named "refresh" is
+        // routed here and answered as a key lookup.
+        .route("/v1/secrets/{name}/refresh", get(get_refresh_key).post(refresh))
+        .route("/v1/secrets/{name}/{key}", get(get_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(crate::health::healthz))
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .layer(middleware::from_fn(refuse_forwarded))
+        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state)
+}
+
+/// The one error type of the HTTP layer. Texts are fixed strings chosen here.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(&'static str),
+    Unauthorized,
+    NotFound(&'static str),
+    NotReady,
+    Upstream,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong X-Secrets-Sidecar-Token"),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "secret not fetched yet"),
+            ApiError::Upstream => (StatusCode::BAD_GATEWAY, "refresh failed; see the sidecar log"),
+        };
+        let mut res = (status, axum::Json(ErrorBody { error })).into_response();
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    }
+}
+
+async fn refuse_forwarded(req: Request, next: Next) -> Response {
+    if req.headers().contains_key("x-forwarded-for") {
+        return ApiError::BadRequest("proxied requests (X-Forwarded-For) are refused").into_response();
+    }
+    next.run(req).await
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &state.token {
+        let given = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if !bool::from(given.ct_eq(expected.expose().as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Serialize)]
+struct SecretMeta {
+    name: String,
+    secret_id: String,
+    format: &'static str,
+    mode: crate::store::Mode,
+    version_id: Option<String>,
+    last_refresh: Option<String>,
+    last_error: Option<String>,
+    rotation_in_progress: bool,
+}
+
+#[derive(Serialize)]
+struct SecretList {
+    secrets: Vec<SecretMeta>,
+}
+
+async fn list(State(state): State<AppState>) -> Response {
+    let secrets = state
+        .store
+        .all()
+        .into_iter()
+        .map(|s| SecretMeta {
+            name: s.spec.name.clone(),
+            secret_id: s.spec.secret_id.clone(),
+            format: s.spec.format.as_str(),
+            mode: s.mode,
+            version_id: s.current.as_ref().map(|v| v.id.clone()),
+            last_refresh: s.last_success.map(|(_, t)| humantime::format_rfc3339_seconds(t).to_string()),
+            last_error: s.last_error,
+            rotation_in_progress: s.rotation_in_progress,
+        })
+        .collect();
+    no_store(axum::Json(SecretList { secrets }).into_response())
+}
+
+#[derive(Deserialize)]
+struct StageQuery {
+    stage: Option<String>,
+}
+
+async fn get_secret(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<StageQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let s = state.store.get(&name).ok_or(ApiError::NotFound("unknown secret"))?;
+    let version = match q.stage.as_deref() {
+        None | Some("AWSCURRENT") => s.current.ok_or(ApiError::NotReady)?,
+        Some("AWSPENDING") => s.pending.ok_or(ApiError::NotFound("no rotation in progress"))?,
+        Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
+    };
+    let etag = format!("\"{}\"", version.id);
+    if if_none_match(&headers, &etag) {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        set_etag(&mut res, &etag);
+        return Ok(no_store(res));
+    }
+    let content_type = match s.spec.format {
+        Format::Json => "application/json",
+        Format::Raw => "application/octet-stream",
+    };
+    let mut res = ([(header::CONTENT_TYPE, content_type)], version.value.expose().to_vec()).into_response();
+    set_etag(&mut res, &etag);
+    Ok(no_store(res))
+}
+
+async fn get_key(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    key_value(&state, &name, &key)
+}
+
+async fn get_refresh_key(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    key_value(&state, &name, "refresh")
+}
+
+fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiError> {
+    let s = state.store.get(name).ok_or(ApiError::NotFound("unknown secret"))?;
+    if s.spec.format != Format::Json {
+        return Err(ApiError::NotFound("key lookup needs format json"));
+    }
+    let version: Arc<Version> = s.current.ok_or(ApiError::NotReady)?;
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(version.value.expose()).map_err(|_| ApiError::NotReady)?;
+    let text = match object.get(key).ok_or(ApiError::NotFound("unknown key"))? {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut res = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
+    set_etag(&mut res, &format!("\"{}\"", version.id));
+    Ok(no_store(res))
+}
+
+async fn refresh(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    match state.poller.refresh_now(&name).await {
+        None => Err(ApiError::NotFound("unknown secret")),
+        Some(Ok(report)) => Ok(no_store(axum::Json(report).into_response())),
+        // The detail is logged by the poller; the body stays generic.
+        Some(Err(_)) => Err(ApiError::Upstream),
+    }
+}
+
+/// `If-None-Match` as RFC 9110 has it: `*`, or a list of (possibly weak) tags.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag))
+}
+
+fn set_etag(res: &mut Response, etag: &str) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+fn no_store(mut res: Response) -> Response {
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_handles_lists_weak_tags_and_star() {
+        let mut h = HeaderMap::new();
+        assert!(!if_none_match(&h, "\"v1\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"v0\", W/\"v1\""));
+        assert!(if_none_match(&h, "\"v1\""));
+        assert!(!if_none_match(&h, "\"v2\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(if_none_match(&h, "\"v2\""));
+    }
+}

@@ -1,0 +1,187 @@
+//! Secrets Manager through the AWS SDK. Region, credentials and endpoint come from `aws-config`'s default
+//! chains (env, ECS container credentials, web identity, IMDS; `AWS_ENDPOINT_URL_SECRETS_MANAGER`), so
+//! nothing here re-implements them.
+//!
+//! Every `GetSecretValue` names a `VersionId` or `VersionStage`: moto returns a stale value for a request
+//! that names neither after `UpdateSecretVersionStage` (DOMAIN.md §7), and naming it costs nothing on AWS.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use super::{AWSCURRENT, FetchError, Fetched, Labels};
+use crate::secret::SecretValue;
+
+/// A hung TCP connect must not stall a poll loop; ECS endpoints answer in milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One HTTP attempt.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole operation, SDK retries included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("no AWS region configured: set AWS_REGION (Fargate sets it for you)")]
+    NoRegion,
+}
+
+pub struct AwsSource {
+    client: Client,
+}
+
+impl AwsSource {
+    /// Loads the SDK configuration from the environment, with our timeouts.
+    pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, SetupError> {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+        if let Some(url) = endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(SetupError::NoRegion);
+        }
+        Ok(AwsSource { client: Client::new(&sdk) })
+    }
+
+    /// Wraps a ready client (tests use this with `aws-smithy-mocks`).
+    pub fn from_client(client: Client) -> Self {
+        AwsSource { client }
+    }
+
+    pub async fn describe(&self, secret_id: &str) -> Result<Labels, FetchError> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeSecret", e))?;
+        let versions = out.version_ids_to_stages.unwrap_or_default();
+        Labels::from_stages(versions.iter()).ok_or(FetchError::NoCurrentVersion)
+    }
+
+    pub async fn get_version(&self, secret_id: &str, version_id: &str) -> Result<Fetched, FetchError> {
+        let req = self.client.get_secret_value().secret_id(secret_id).version_id(version_id);
+        to_fetched(req.send().await.map_err(|e| classify("GetSecretValue", e))?)
+    }
+
+    pub async fn get_current(&self, secret_id: &str) -> Result<Fetched, FetchError> {
+        let req = self.client.get_secret_value().secret_id(secret_id).version_stage(AWSCURRENT);
+        to_fetched(req.send().await.map_err(|e| classify("GetSecretValue", e))?)
+    }
+}
+
+fn to_fetched(
+    out: aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput,
+) -> Result<Fetched, FetchError> {
+    let version_id = out.version_id.ok_or(FetchError::NoCurrentVersion)?;
+    let (value, binary) = match (out.secret_string, out.secret_binary) {
+        (Some(s), _) => (SecretValue::from(s), false),
+        (None, Some(b)) => (SecretValue::new(b.into_inner()), true),
+        (None, None) => return Err(FetchError::EmptyValue),
+    };
+    if value.is_empty() {
+        // Publishing an empty file would take the app down harder than a stale one (DOMAIN.md §5).
+        return Err(FetchError::EmptyValue);
+    }
+    Ok(Fetched { version_id, value, binary })
+}
+
+/// Maps an SDK failure to what the poller needs to decide: retry soon, or wait, and what to report.
+fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> FetchError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::TimeoutError(_) => return FetchError::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => return FetchError::Timeout,
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            return FetchError::Network(DisplayErrorContext(&err).to_string());
+        }
+        _ => {}
+    }
+    let code = err.code().unwrap_or("Unknown").to_owned();
+    match code.as_str() {
+        "ResourceNotFoundException" => FetchError::NotFound,
+        "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => {
+            FetchError::AccessDenied { operation }
+        }
+        "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => FetchError::Throttled,
+        "DecryptionFailure" => FetchError::Decryption,
+        _ => FetchError::Service { message: err.message().unwrap_or("no message").to_owned(), code },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    /// An error as Secrets Manager sends it on the wire (awsJson1.1), so the SDK's own parsing is tested too.
+    fn aws_error(code: &'static str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
+        move || {
+            HttpResponse::new(
+                StatusCode::try_from(400).unwrap(),
+                SdkBody::from(format!(r#"{{"__type":"{code}","message":"from the service"}}"#)),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn access_denied_on_describe_is_reported_as_such() {
+        // moto allows everything, so the denial only exists here (issue #2: fallback when DescribeSecret is denied).
+        let rule = mock!(Client::describe_secret).then_http_response(aws_error("AccessDeniedException"));
+        let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
+        assert_eq!(source.describe("db").await.unwrap_err(), FetchError::AccessDenied { operation: "DescribeSecret" });
+    }
+
+    #[tokio::test]
+    async fn modeled_errors_map_to_their_kinds() {
+        let nf = mock!(Client::get_secret_value).then_http_response(aws_error("ResourceNotFoundException"));
+        let kms = mock!(Client::get_secret_value).then_http_response(aws_error("DecryptionFailure"));
+        let other = mock!(Client::get_secret_value).then_http_response(aws_error("InvalidRequestException"));
+        let source =
+            AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&nf, &kms, &other]));
+        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::NotFound);
+        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::Decryption);
+        assert_eq!(
+            source.get_current("db").await.unwrap_err(),
+            FetchError::Service { code: "InvalidRequestException".into(), message: "from the service".into() }
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_without_current_version_is_an_error_not_a_panic() {
+        let rule = mock!(Client::describe_secret).then_output(|| DescribeSecretOutput::builder().build());
+        let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
+        assert_eq!(source.describe("db").await.unwrap_err(), FetchError::NoCurrentVersion);
+    }
+
+    #[tokio::test]
+    async fn get_current_names_the_stage_and_empty_values_are_refused() {
+        let named = mock!(Client::get_secret_value)
+            .match_requests(|r| r.version_stage() == Some(AWSCURRENT) && r.version_id().is_none())
+            .then_output(|| GetSecretValueOutput::builder().version_id("v1").secret_string(r#"{"a":1}"#).build());
+        let empty = mock!(Client::get_secret_value)
+            .then_output(|| GetSecretValueOutput::builder().version_id("v2").secret_string("").build());
+        let source =
+            AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&named, &empty]));
+        let got = source.get_current("db").await.unwrap();
+        assert_eq!((got.version_id.as_str(), got.value.expose()), ("v1", &br#"{"a":1}"#[..]));
+        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::EmptyValue);
+    }
+}

@@ -1,0 +1,172 @@
+//! Where secret values come from: Secrets Manager ([`aws`]) or, for local development, a JSON file
+//! ([`dev`]). Both answer the same three questions, so the refresh logic in [`crate::poller`] exists once:
+//! which version carries each label ([`Source::describe`]), the value of one version
+//! ([`Source::get_version`]), and the value of whatever is `AWSCURRENT` ([`Source::get_current`], the
+//! fallback when `DescribeSecret` is not allowed).
+
+pub mod aws;
+pub mod dev;
+
+use crate::config::SecretSpec;
+use crate::secret::SecretValue;
+
+pub use aws::AwsSource;
+pub use dev::DevSource;
+
+pub const AWSCURRENT: &str = "AWSCURRENT";
+pub const AWSPENDING: &str = "AWSPENDING";
+
+/// Which versions carry the labels that matter, as `DescribeSecret` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    /// The version that carries `AWSCURRENT`.
+    pub current: String,
+    /// A version that carries `AWSPENDING` but not `AWSCURRENT`: a rotation is under way (DOMAIN.md §1.1).
+    pub pending: Option<String>,
+}
+
+impl Labels {
+    /// Reads `VersionIdsToStages`. `None` when no version carries `AWSCURRENT` (a secret created without a
+    /// value). On AWS a label is on at most one version; should two carry `AWSCURRENT` (moto, after a plain
+    /// PutSecretValue on a rotated secret) the smallest id wins, so the choice is at least stable.
+    pub fn from_stages<'a, I, S>(versions: I) -> Option<Labels>
+    where
+        I: IntoIterator<Item = (&'a String, S)>,
+        S: AsRef<[String]>,
+    {
+        let mut current: Option<&String> = None;
+        let mut pending_candidates = Vec::new();
+        for (id, stages) in versions {
+            let stages = stages.as_ref();
+            let is_current = stages.iter().any(|s| s == AWSCURRENT);
+            if is_current && current.is_none_or(|c| id < c) {
+                current = Some(id);
+            }
+            if stages.iter().any(|s| s == AWSPENDING) && !is_current {
+                pending_candidates.push(id);
+            }
+        }
+        let current = current?.clone();
+        let pending = pending_candidates.into_iter().min().cloned();
+        Some(Labels { current, pending })
+    }
+}
+
+/// One version's value.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub version_id: String,
+    pub value: SecretValue,
+    /// Whether the value came from `SecretBinary` rather than `SecretString`.
+    pub binary: bool,
+}
+
+/// Why a source could not answer. `Display` texts go into logs and `/healthz`, so they carry the reason
+/// and the AWS error code, never a value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    #[error("secret not found (deleted, never created, or not visible to this role)")]
+    NotFound,
+    #[error("access denied for {operation} (check the task role's policy)")]
+    AccessDenied { operation: &'static str },
+    #[error("throttled by Secrets Manager")]
+    Throttled,
+    #[error("request timed out")]
+    Timeout,
+    #[error("could not reach Secrets Manager: {0}")]
+    Network(String),
+    #[error("KMS could not decrypt the secret (check kms:Decrypt on its key)")]
+    Decryption,
+    #[error("secret has no AWSCURRENT version")]
+    NoCurrentVersion,
+    #[error("secret version has no value")]
+    EmptyValue,
+    #[error("{code}: {message}")]
+    Service { code: String, message: String },
+    #[error("dev secrets file: {0}")]
+    DevFile(String),
+}
+
+impl FetchError {
+    /// Transient errors are retried with backoff; the others wait for the next interval, since retrying a
+    /// denied or missing secret every second only burns API calls.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FetchError::Throttled | FetchError::Timeout | FetchError::Network(_))
+            || matches!(self, FetchError::Service { code, .. } if code == "InternalServiceError")
+    }
+}
+
+/// The configured source.
+pub enum Source {
+    Aws(AwsSource),
+    Dev(DevSource),
+}
+
+impl Source {
+    pub async fn describe(&self, spec: &SecretSpec) -> Result<Labels, FetchError> {
+        match self {
+            Source::Aws(s) => s.describe(&spec.secret_id).await,
+            Source::Dev(s) => s.describe(spec),
+        }
+    }
+
+    pub async fn get_version(&self, spec: &SecretSpec, version_id: &str) -> Result<Fetched, FetchError> {
+        match self {
+            Source::Aws(s) => s.get_version(&spec.secret_id, version_id).await,
+            Source::Dev(s) => s.get_version(spec, version_id),
+        }
+    }
+
+    pub async fn get_current(&self, spec: &SecretSpec) -> Result<Fetched, FetchError> {
+        match self {
+            Source::Aws(s) => s.get_current(&spec.secret_id).await,
+            Source::Dev(s) => s.get_current(spec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn labels(pairs: &[(&str, &[&str])]) -> Option<Labels> {
+        let map: HashMap<String, Vec<String>> =
+            pairs.iter().map(|(id, st)| (id.to_string(), st.iter().map(|s| s.to_string()).collect())).collect();
+        Labels::from_stages(map.iter())
+    }
+
+    #[test]
+    fn current_and_no_rotation() {
+        let l = labels(&[("v1", &["AWSPREVIOUS"]), ("v2", &["AWSCURRENT"])]).unwrap();
+        assert_eq!(l, Labels { current: "v2".into(), pending: None });
+    }
+
+    #[test]
+    fn pending_on_another_version_means_rotation_under_way() {
+        let l = labels(&[("v2", &["AWSCURRENT"]), ("v3", &["AWSPENDING"])]).unwrap();
+        assert_eq!(l.pending.as_deref(), Some("v3"));
+    }
+
+    #[test]
+    fn pending_beside_current_is_a_finished_rotation() {
+        // AWS may leave AWSPENDING on the new AWSCURRENT version; moto always does.
+        let l = labels(&[("v2", &["AWSPREVIOUS"]), ("v3", &["AWSCURRENT", "AWSPENDING"])]).unwrap();
+        assert_eq!(l, Labels { current: "v3".into(), pending: None });
+    }
+
+    #[test]
+    fn no_current_version_is_none() {
+        assert_eq!(labels(&[("v1", &["AWSPENDING"])]), None);
+        assert_eq!(labels(&[]), None);
+    }
+
+    #[test]
+    fn transient_errors_are_the_retryable_ones() {
+        assert!(FetchError::Timeout.is_transient());
+        assert!(FetchError::Throttled.is_transient());
+        assert!(FetchError::Network("x".into()).is_transient());
+        assert!(!FetchError::NotFound.is_transient());
+        assert!(!FetchError::AccessDenied { operation: "GetSecretValue" }.is_transient());
+    }
+}

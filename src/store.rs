@@ -1,0 +1,224 @@
+//! The current state of every secret: the value last published, the pending value during a rotation, when
+//! it was last checked and what went wrong. The poller is the only writer; HTTP and health only read.
+//!
+//! Readiness is a latch (the linkerd2-proxy pattern): false until every secret has been published once,
+//! then true for the life of the process. A later Secrets Manager outage must not make ECS replace every
+//! task of a service at once; `--max-staleness` is the one, opt-in, way back to unhealthy.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::SecretSpec;
+use crate::secret::SecretValue;
+
+/// One published (or, for pending, fetched) version.
+#[derive(Debug)]
+pub struct Version {
+    pub id: String,
+    pub value: SecretValue,
+    /// When this sidecar published it.
+    pub since: SystemTime,
+}
+
+/// How a secret is being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// DescribeSecret each interval, GetSecretValue only on a new version.
+    Describe,
+    /// DescribeSecret was denied: GetSecretValue(AWSCURRENT) each interval, no rotation awareness.
+    GetOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretState {
+    pub spec: SecretSpec,
+    pub current: Option<Arc<Version>>,
+    /// The `AWSPENDING` value while a rotation is under way; never written to disk.
+    pub pending: Option<Arc<Version>>,
+    pub rotation_in_progress: bool,
+    pub mode: Mode,
+    /// Last check that succeeded (monotonic, for staleness) and its wall-clock time (for display).
+    pub last_success: Option<(Instant, SystemTime)>,
+    /// Last failure, cleared by the next success. Its text names a reason and an AWS code, never a value.
+    pub last_error: Option<String>,
+}
+
+impl SecretState {
+    fn new(spec: SecretSpec) -> Self {
+        SecretState {
+            spec,
+            current: None,
+            pending: None,
+            rotation_in_progress: false,
+            mode: Mode::Describe,
+            last_success: None,
+            last_error: None,
+        }
+    }
+
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        self.last_success.map(|(at, _)| now.saturating_duration_since(at))
+    }
+}
+
+pub struct Store {
+    secrets: RwLock<BTreeMap<String, SecretState>>,
+    ready: AtomicBool,
+}
+
+impl Store {
+    pub fn new(specs: &[SecretSpec]) -> Self {
+        let secrets = specs.iter().map(|s| (s.name.clone(), SecretState::new(s.clone()))).collect();
+        Store { secrets: RwLock::new(secrets), ready: AtomicBool::new(false) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<SecretState> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<SecretState> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Applies `f` to one secret's state; the readiness latch is re-evaluated afterwards.
+    pub fn update<R>(&self, name: &str, f: impl FnOnce(&mut SecretState) -> R) -> Option<R> {
+        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+        let result = secrets.get_mut(name).map(f);
+        if !self.ready.load(Ordering::Acquire) && secrets.values().all(|s| s.current.is_some()) {
+            self.ready.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// True once every secret has been published at least once; never false again.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The `/healthz` answer.
+    pub fn health(&self, now: Instant, max_staleness: Option<Duration>) -> Health {
+        let mut stale = false;
+        let secrets = self
+            .read()
+            .values()
+            .map(|s| {
+                let age = s.age(now);
+                let is_stale = match (max_staleness, age) {
+                    (Some(max), Some(age)) => age > max,
+                    _ => false,
+                };
+                stale |= is_stale;
+                let entry = SecretHealth {
+                    ready: s.current.is_some(),
+                    version_id: s.current.as_ref().map(|v| v.id.clone()),
+                    age_seconds: age.map(|a| a.as_secs()),
+                    stale: is_stale,
+                    last_error: s.last_error.clone(),
+                };
+                (s.spec.name.clone(), entry)
+            })
+            .collect();
+        let status = match (self.is_ready(), stale) {
+            (false, _) => HealthStatus::Starting,
+            (true, true) => HealthStatus::Stale,
+            (true, false) => HealthStatus::Ok,
+        };
+        Health { status, secrets }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SecretState>> {
+        // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
+        self.secrets.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Starting,
+    Stale,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub secrets: BTreeMap<String, SecretHealth>,
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        self.status == HealthStatus::Ok
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretHealth {
+    pub ready: bool,
+    pub version_id: Option<String>,
+    /// Seconds since the last successful check.
+    pub age_seconds: Option<u64>,
+    pub stale: bool,
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+
+    fn specs(names: &[&str]) -> Vec<SecretSpec> {
+        names
+            .iter()
+            .map(|n| SecretSpec { name: n.to_string(), secret_id: n.to_string(), format: Format::Json })
+            .collect()
+    }
+
+    fn publish(store: &Store, name: &str, now: Instant) {
+        store.update(name, |s| {
+            s.current = Some(Arc::new(Version {
+                id: "v1".into(),
+                value: SecretValue::from("{}".to_owned()),
+                since: SystemTime::now(),
+            }));
+            s.last_success = Some((now, SystemTime::now()));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_only_when_every_secret_is_published_then_latched() {
+        let store = Store::new(&specs(&["a", "b"]));
+        let now = Instant::now();
+        publish(&store, "a", now);
+        assert!(!store.is_ready());
+        assert_eq!(store.health(now, None).status, HealthStatus::Starting);
+        publish(&store, "b", now);
+        assert!(store.is_ready());
+        // An outage afterwards: errors are reported, readiness stays.
+        store.update("a", |s| s.last_error = Some("timed out".into()));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let h = store.health(Instant::now(), None);
+        assert!(h.is_healthy());
+        assert_eq!(h.secrets["a"].last_error.as_deref(), Some("timed out"));
+        assert_eq!(h.secrets["a"].age_seconds, Some(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_staleness_turns_health_red_only_past_the_limit() {
+        let store = Store::new(&specs(&["a"]));
+        publish(&store, "a", Instant::now());
+        let max = Some(Duration::from_secs(300));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(store.health(Instant::now(), max).is_healthy());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let h = store.health(Instant::now(), max);
+        assert_eq!(h.status, HealthStatus::Stale);
+        assert!(h.secrets["a"].stale);
+    }
+}
