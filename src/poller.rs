@@ -175,9 +175,11 @@ impl Poller {
         {
             // The app says its credentials fail and nothing has moved yet: watch closely for a while.
             state.suspect_until = Some(now + SUSPECT_WINDOW);
-            ctl.reschedule.notify_one();
         }
         self.inner.after_check(&ctl, &mut state, &result);
+        // The check may have started fast polling (a rotation seen, or suspicion): the loop, asleep on the
+        // old deadline, recomputes it.
+        ctl.reschedule.notify_one();
         Some(result)
     }
 }

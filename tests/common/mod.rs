@@ -1,0 +1,314 @@
+//! Shared harness for the integration tests: moto's Secrets Manager server and the real sidecar binary,
+//! each started privately on 127.0.0.1 on a free port.
+//!
+//! The emulator comes from the pinned `moto[server]` in `.venv` (installed by `make test`); `MOTO_SERVER`
+//! may name another binary. A missing emulator fails the test with instructions — it never skips.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep};
+
+pub const REGION: &str = "us-east-1";
+pub const TOKEN_HEADER: &str = "X-Secrets-Sidecar-Token";
+
+/// A port that was free a moment ago. Bind-then-release races only with other tests picking the same
+/// port in the same instant, which the kernel's ephemeral allocation makes unlikely.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server")
+}
+
+/// moto's server, on 127.0.0.1.
+pub struct Moto {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let mut moto = Moto { port: free_port(), child: None };
+        moto.restart().await;
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port. moto keeps state in memory, so a restart starts empty.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "moto is already running");
+        let bin = moto_binary();
+        assert!(
+            bin.exists(),
+            "moto_server not found at {} — run `make test` (it installs the pinned emulator into .venv) \
+             or set MOTO_SERVER",
+            bin.display()
+        );
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/moto-api/", self.endpoint());
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "moto did not start on port {}", self.port);
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server: connections to its port are refused until [`Moto::restart`].
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// A client for the emulator, as test scripts use it.
+    pub async fn client(&self) -> Client {
+        let conf = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+            .endpoint_url(self.endpoint())
+            .build();
+        Client::from_conf(conf)
+    }
+}
+
+pub async fn create_secret(sm: &Client, name: &str, value: &str) -> String {
+    let out = sm.create_secret().name(name).secret_string(value).send().await.expect("CreateSecret");
+    out.version_id.expect("version id")
+}
+
+/// The version that carries AWSCURRENT, by asking for it by stage (never the server's default, see DOMAIN.md §7).
+pub async fn current_version(sm: &Client, id: &str) -> String {
+    let out = sm.get_secret_value().secret_id(id).version_stage("AWSCURRENT").send().await.expect("GetSecretValue");
+    out.version_id.expect("version id")
+}
+
+/// createSecret of a rotation: a new version labelled AWSPENDING only. Returns its id.
+pub async fn rotate_pending(sm: &Client, id: &str, value: &str) -> String {
+    let out = sm
+        .put_secret_value()
+        .secret_id(id)
+        .secret_string(value)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .expect("PutSecretValue AWSPENDING");
+    out.version_id.expect("version id")
+}
+
+/// finishSecret of a rotation: AWSCURRENT moves to `new_version`.
+pub async fn finish_rotation(sm: &Client, id: &str, new_version: &str) {
+    let old = current_version(sm, id).await;
+    sm.update_secret_version_stage()
+        .secret_id(id)
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(new_version)
+        .remove_from_version_id(old)
+        .send()
+        .await
+        .expect("UpdateSecretVersionStage");
+}
+
+/// A whole rotation the way a rotation Lambda does it. Returns the new version id.
+pub async fn rotate(sm: &Client, id: &str, value: &str) -> String {
+    let v = rotate_pending(sm, id, value).await;
+    finish_rotation(sm, id, &v).await;
+    v
+}
+
+pub struct SidecarBuilder {
+    endpoint: Option<String>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    secrets: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+impl SidecarBuilder {
+    pub fn secret(mut self, name: &str, id: &str) -> Self {
+        self.secrets.push(format!("{name}={id}"));
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Use this output directory instead of a fresh temporary one.
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub async fn spawn(self) -> Sidecar {
+        let tmp = tempfile::Builder::new().prefix("sidecar-test-").tempdir().unwrap();
+        let dir = self.dir.clone().unwrap_or_else(|| tmp.path().join("out"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = tmp.path().join("sidecar.log");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = sidecar_command();
+        cmd.arg("run")
+            .arg("--output-dir")
+            .arg(&dir)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--log-format")
+            .arg("text");
+        if let Some(e) = &self.endpoint {
+            cmd.arg("--endpoint-url").arg(e);
+        }
+        for s in &self.secrets {
+            cmd.arg("--secret").arg(s);
+        }
+        cmd.args(&self.args);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let out = std::fs::File::create(&log).unwrap();
+        cmd.stdout(out.try_clone().unwrap()).stderr(out).kill_on_drop(true);
+        let child = cmd.spawn().expect("spawning the sidecar");
+        Sidecar { child: Some(child), dir, listen, log, _tmp: tmp }
+    }
+}
+
+/// The sidecar binary with a clean environment: no SIDECAR_* or AWS_* from the machine, dummy
+/// credentials, a region, IMDS off, and a debug log.
+pub fn sidecar_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secrets-sidecar"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("SIDECAR_") || k.starts_with("AWS_") || k == "RUST_LOG" {
+            cmd.env_remove(&*k);
+        }
+    }
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("SIDECAR_LOG", "debug");
+    cmd
+}
+
+/// A running sidecar process.
+pub struct Sidecar {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub listen: SocketAddr,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sidecar {
+    pub fn builder(moto: &Moto) -> SidecarBuilder {
+        SidecarBuilder { endpoint: Some(moto.endpoint()), args: vec![], envs: vec![], secrets: vec![], dir: None }
+    }
+
+    /// A sidecar not pointed at any emulator (for --dev-secrets).
+    pub fn builder_without_aws() -> SidecarBuilder {
+        SidecarBuilder { endpoint: None, args: vec![], envs: vec![], secrets: vec![], dir: None }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join(".token")).expect("reading .token")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET with the token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new().get(self.url(path)).header(TOKEN_HEADER, self.token()).send().await.unwrap()
+    }
+
+    /// POST with the token.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new().post(self.url(path)).header(TOKEN_HEADER, self.token()).send().await.unwrap()
+    }
+
+    pub async fn healthz(&self) -> Option<(u16, serde_json::Value)> {
+        let r = reqwest::get(self.url("/healthz")).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.ok()?))
+    }
+
+    /// Waits until /healthz answers 200, or panics with the log.
+    pub async fn wait_ready(&self) {
+        self.wait_for("ready", Duration::from_secs(20), async || matches!(self.healthz().await, Some((200, _)))).await;
+    }
+
+    /// Polls `cond` every 50 ms until it holds, or panics after `timeout` showing the log.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond().await {
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; sidecar log:\n{}", self.log_text());
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn read_file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(name)).ok()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().and_then(|c| c.id()).expect("running") as i32
+    }
+
+    /// Sends a signal with kill(1), as ECS's agent would send SIGTERM.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").args(["-s", sig, &self.pid().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let status = tokio::time::timeout(timeout, child.wait()).await.ok()?.ok()?;
+        self.child = None;
+        Some(status)
+    }
+}
