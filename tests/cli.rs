@@ -1,0 +1,134 @@
+//! The command line as an operator meets it: bad configuration exits 2 before any AWS call with a message
+//! naming the offending value; `check-config` validates without AWS; `healthcheck` exits 1 cleanly when
+//! nothing answers.
+
+mod common;
+
+use std::process::Output;
+
+async fn sidecar(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = common::sidecar_command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // An endpoint nobody listens on: were any of these to call AWS, it would fail differently and slowly.
+    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{}", common::free_port()));
+    cmd.output().await.unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn invalid_command_lines_exit_2_naming_the_offending_value() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (&["run"], &[], "no secrets configured"),
+        (&["run", "--secret", "db"], &[], "\"db\" is not NAME=SECRET_ID"),
+        (&["run", "--secret", "../etc=x"], &[], "\"../etc\""),
+        (&["run", "--secret", "db=a b"], &[], "\"a b\""),
+        (&["run", "--secret", "db=x?format=yaml"], &[], "\"format=yaml\""),
+        (&["run"], &[("SIDECAR_SECRETS", "db=a,db=b")], "\"db\" is given twice"),
+        (&["run"], &[("SIDECAR_SECRETS", "db=a,,b=c")], "empty entry"),
+        (&["run", "--secret", "db=a", "--listen", "0.0.0.0:2773"], &[], "not a loopback address"),
+        (&["run", "--secret", "db=a", "--refresh-interval", "soon"], &[], "soon"),
+        (&["run", "--secret", "db=a", "--refresh-interval", "100ms"], &[], "--refresh-interval must be at least 1s"),
+        (&["run", "--secret", "db=a", "--file-mode", "999"], &[], "999"),
+        (&["run", "--secret", "db=a", "--log-format", "xml"], &[], "xml"),
+        (&["run", "--secret", "db=a", "--endpoint-url", "localhost:4566"], &[], "localhost:4566"),
+        (&["--bogus-flag"], &[], "--bogus-flag"),
+    ];
+    for (args, env, needle) in cases {
+        let out = sidecar(args, env).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?} {env:?}: expected {needle:?} in {}", stderr(&out));
+        assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("started"));
+    }
+}
+
+#[tokio::test]
+async fn check_config_accepts_what_run_accepts_without_calling_aws() {
+    let out = sidecar(
+        &["check-config"],
+        &[
+            ("SIDECAR_SECRETS", "db=arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-1b2c-AbCdEf,tls=prod/tls?format=raw"),
+            ("SIDECAR_OUTPUT_DIR", "/nonexistent-is-fine-here"),
+            ("SIDECAR_TOKEN", "do-not-print-me"),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout.contains("secret db: arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-1b2c-AbCdEf (format json) -> /nonexistent-is-fine-here/db.json"), "{stdout}");
+    assert!(stdout.contains("secret tls: prod/tls (format raw) -> /nonexistent-is-fine-here/tls"), "{stdout}");
+    assert!(!stdout.contains("do-not-print-me"));
+    // Negative control: the same check rejects a malformed list.
+    let out = sidecar(&["check-config"], &[("SIDECAR_SECRETS", "db")]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn help_shows_every_default_and_env_var_but_never_a_token_value() {
+    let out = sidecar(&["--help"], &[("SIDECAR_TOKEN", "secret-token-in-env")]).await;
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    for needle in [
+        "[default: /secrets]",
+        "[default: 60s]",
+        "[default: 2s]",
+        "[default: 5s]",
+        "[default: 127.0.0.1:2773]",
+        "[default: 0440]",
+        "[default: json]",
+        "[env: SIDECAR_SECRETS=]",
+        "[env: SIDECAR_REFRESH_INTERVAL=]",
+        "[env: SIDECAR_TOKEN]",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    assert!(!help.contains("secret-token-in-env"));
+}
+
+#[tokio::test]
+async fn version_prints_the_crate_version() {
+    let out = sidecar(&["--version"], &[]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("secrets-sidecar {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_when_nothing_listens_and_0_when_healthy() {
+    let port = common::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &listen)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("healthcheck"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev.json");
+    std::fs::write(&dev, r#"{"db": {"password": "x"}}"#).unwrap();
+    let sidecar_proc =
+        common::Sidecar::builder_without_aws().arg("--dev-secrets").arg(dev.to_str().unwrap()).spawn().await;
+    sidecar_proc.wait_ready().await;
+    let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &sidecar_proc.listen.to_string())]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn a_missing_output_directory_fails_at_start_with_exit_1() {
+    let out = sidecar(
+        &[
+            "run",
+            "--secret",
+            "db=x",
+            "--output-dir",
+            "/nonexistent/secrets",
+            "--listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("output directory /nonexistent/secrets"), "{}", stderr(&out));
+}
