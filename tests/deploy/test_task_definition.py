@@ -398,6 +398,11 @@ def test_sidecar_environment_passes_the_sidecars_own_check_config(task_def, imag
     assert {k for k in env if k.startswith("SIDECAR_")} == {"SIDECAR_SECRETS", "SIDECAR_OUTPUT_DIR"}
     proc = run_check_config(sidecar_bin, env)
     assert proc.returncode == 0, describe(proc)
+    # The summary shows where the sidecar will write and listen; both containers mount the
+    # volume at the same path, so it must show exactly what the app was told to read.
+    app_env = tc.env_of(_app(task_def))
+    assert app_env["SECRETS_SIDECAR_FILE"] in proc.stdout, describe(proc)
+    assert app_env["SECRETS_SIDECAR_URL"].split("/")[2] in proc.stdout, describe(proc)
 
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-0f1e2d3c-AbCdEf"
@@ -417,3 +422,13 @@ def test_check_config_rejects_a_broken_sidecar_environment(task_def, image_env, 
     proc = run_check_config(sidecar_bin, env)
     assert proc.returncode == 2, describe(proc)
     assert named in proc.stdout + proc.stderr, f"the message should name {named!r}\n{describe(proc)}"
+
+
+def test_check_config_rejects_the_task_definition_with_its_placeholders_left_in(task_def, image_env, sidecar_bin):
+    # `<` and `>` are in no secret name or ARN: a task registered without filling in
+    # <REGION>/<ACCOUNT_ID>/<RDS_SECRET_SUFFIX> fails fast at start (exit 2), before any AWS call.
+    raw_env = {**image_env, **tc.env_of(_side(task_def))}
+    assert "<REGION>" in raw_env["SIDECAR_SECRETS"]
+    proc = run_check_config(sidecar_bin, raw_env)
+    assert proc.returncode == 2, describe(proc)
+    assert "<REGION>" in proc.stderr, describe(proc)
