@@ -235,6 +235,12 @@ def build_inputs() -> list[str]:
     files = ["Cargo.toml", "Cargo.lock", "Makefile"]
     files += [str(p.relative_to(ROOT)) for p in (ROOT / "src").rglob("*") if p.is_file()]
     files += [f for f in ("build.rs", ".cargo/config.toml", "rust-toolchain.toml") if (ROOT / f).exists()]
+    # Targets declared with an explicit path must exist even when another target is built.
+    manifest = tomllib.loads(read("Cargo.toml"))
+    for kind in ("bin", "test", "bench", "example"):
+        files += [t["path"] for t in manifest.get(kind, []) if "path" in t]
+    if "build" in manifest.get("package", {}) and isinstance(manifest["package"]["build"], str):
+        files.append(manifest["package"]["build"])
     for src in (ROOT / "src").rglob("*.rs"):
         for rel in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', src.read_text()):
             files.append(str((src.parent / rel).resolve().relative_to(ROOT)))
