@@ -12,7 +12,8 @@ BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
 .PHONY: demo test lint fmt release check-release deps
 
 ## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
-demo: deps
+demo:
+	scripts/install-test-deps.sh --emulator-only
 	scripts/demo.sh
 
 ## test: every test, installing what the tests need first.

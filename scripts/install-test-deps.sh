@@ -3,12 +3,16 @@
 #  - the pinned Python tools (moto's Secrets Manager emulator, ...) in ./.venv;
 #  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord).
 # Idempotent: a second run only checks.
+# --emulator-only: just the Python venv (what `make demo` needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+emulator_only=false
+[[ ${1:-} == --emulator-only ]] && emulator_only=true
 
 DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg binutils)
 
 missing=()
+$emulator_only && DEB_PACKAGES=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The local demo (`make demo`): starts moto's Secrets Manager emulator, creates a database secret, runs
+# the sidecar against it, rotates the secret the way a rotation Lambda does, and shows the file and the
+# endpoint follow. Everything runs on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "building secrets-sidecar"
+cargo build --locked --quiet
+bin=${CARGO_TARGET_DIR:-$root/target}/debug/secrets-sidecar
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+moto_port=$(free_port)
+step "starting the Secrets Manager emulator (moto) on 127.0.0.1:$moto_port"
+.venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+pids+=($!)
+export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_SECRETS_MANAGER="http://127.0.0.1:$moto_port"
+for _ in $(seq 100); do curl -fs "$AWS_ENDPOINT_URL_SECRETS_MANAGER/moto-api/" >/dev/null 2>&1 && break; sleep 0.1; done
+
+secret='rds!cluster-demo'
+step "creating the secret $secret"
+.venv/bin/python scripts/demo_sm.py create "$secret" '{"username":"app","password":"first-password"}'
+
+listen=127.0.0.1:$(free_port)
+mkdir -p "$work/secrets"
+step "starting the sidecar: --secret db=$secret --refresh-interval 2s --output-dir $work/secrets"
+"$bin" --secret "db=$secret" --refresh-interval 2s --output-dir "$work/secrets" --listen "$listen" \
+  --log-format text >"$work/sidecar.log" 2>&1 &
+pids+=($!)
+until "$bin" healthcheck --listen "$listen" 2>/dev/null; do sleep 0.2; done
+token=$(cat "$work/secrets/.token")
+
+show() {
+  echo "file  $work/secrets/db.json:"
+  echo "      $(cat "$work/secrets/db.json")"
+  echo "HTTP  GET /v1/secrets/db:"
+  echo "      $(curl -fsS -H "X-Secrets-Sidecar-Token: $token" "http://$listen/v1/secrets/db")"
+  echo "HTTP  GET /v1/secrets/db/password:"
+  echo "      $(curl -fsS -H "X-Secrets-Sidecar-Token: $token" "http://$listen/v1/secrets/db/password")"
+}
+step "ready; what the app sees"
+show
+
+step "rotating the secret (PutSecretValue AWSPENDING, then UpdateSecretVersionStage AWSCURRENT)"
+.venv/bin/python scripts/demo_sm.py rotate "$secret" '{"username":"app","password":"second-password"}'
+for _ in $(seq 50); do grep -q second-password "$work/secrets/db.json" && break; sleep 0.1; done
+step "within one refresh interval the file and the endpoint changed"
+show
+
+step "health (no token needed)"
+curl -fsS "http://$listen/healthz"; echo
+step "the sidecar's log"
+cat "$work/sidecar.log"

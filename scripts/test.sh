@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every test of the project, in one run: the Rust unit and integration tests (moto, real MariaDB and
+# PostgreSQL, real Ruby), the Ruby unit tests, the deployment-file tests and the release-binary checks.
+# `make test` runs scripts/install-test-deps.sh first; this script assumes it ran.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export MOTO_SERVER="$root/.venv/bin/moto_server"
+target=${CARGO_TARGET_DIR:-$root/target}
+
+echo "==> cargo test (unit, integration against moto, end-to-end on MariaDB/PostgreSQL)"
+cargo test --locked --all-targets
+
+echo "==> Ruby unit tests (contrib/ruby)"
+ruby -w contrib/ruby/test/run.rb
+
+echo "==> deployment files (tests/deploy)"
+# check-config of the task definition's environment runs against the binary cargo test just built.
+SIDECAR_BIN="$target/debug/secrets-sidecar" .venv/bin/python -m pytest -q tests/deploy
+
+echo "==> release binary (what the Docker builder stage produces)"
+make --no-print-directory check-release
