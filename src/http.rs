@@ -232,6 +232,90 @@ fn no_store(mut res: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{FileOptions, SecretSpec};
+    use crate::poller::Timing;
+    use crate::publish::Publisher;
+    use crate::source::{DevSource, Source};
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    /// The router over a dev-file source, with `db` fetched once.
+    async fn router(dir: &std::path::Path, dev_json: &str) -> Router {
+        let dev = dir.join("dev.json");
+        std::fs::write(&dev, dev_json).unwrap();
+        let out = dir.join("out");
+        std::fs::create_dir(&out).unwrap();
+        let specs = vec![
+            SecretSpec { name: "db".into(), secret_id: "db".into(), format: Format::Json },
+            SecretSpec { name: "later".into(), secret_id: "later".into(), format: Format::Json },
+        ];
+        let store = Arc::new(Store::new(&specs));
+        let timing = Timing {
+            refresh_interval: Duration::from_secs(60),
+            rotation_poll_interval: Duration::from_secs(2),
+            min_refresh_gap: Duration::from_secs(5),
+        };
+        let publisher = Publisher::new(out, FileOptions { mode: 0o440, uid: None, gid: None });
+        let poller = Poller::new(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs);
+        poller.refresh_now("db").await.unwrap().unwrap();
+        app(AppState { store, poller, token: Some(SecretString::from("tok".to_owned())), max_staleness: None })
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    const TOKEN: (&str, &str) = (TOKEN_HEADER, "tok");
+
+    #[tokio::test]
+    async fn routes_answer_as_documented() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(dir.path(), r#"{"db": {"user": "app", "port": 5432, "refresh": "r"}}"#).await;
+        let (s, h, body) = call(&app, "GET", "/v1/secrets/db", &[TOKEN]).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"user":"app","port":5432,"refresh":"r"}"#));
+        let etag = h[header::ETAG].to_str().unwrap().to_owned();
+        assert_eq!(
+            call(&app, "GET", "/v1/secrets/db", &[TOKEN, ("if-none-match", &etag)]).await.0,
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(call(&app, "GET", "/v1/secrets/db/port", &[TOKEN]).await.2, "5432");
+        assert_eq!(call(&app, "GET", "/v1/secrets/db/refresh", &[TOKEN]).await.2, "r", "GET of a key named refresh");
+        assert_eq!(call(&app, "GET", "/v1/secrets/later", &[TOKEN]).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(call(&app, "GET", "/v1/secrets/nope", &[TOKEN]).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(call(&app, "GET", "/v1/nothing-here", &[TOKEN]).await.0, StatusCode::NOT_FOUND);
+        let (s, _, body) = call(&app, "POST", "/v1/secrets/db/refresh", &[TOKEN]).await;
+        assert_eq!(s, StatusCode::OK);
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["fetched"], false, "inside the gap: {report}");
+        let (s, _, body) = call(&app, "GET", "/healthz", &[]).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "'later' was never fetched: {body}");
+    }
+
+    #[tokio::test]
+    async fn token_and_forwarded_requests_are_checked_before_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(dir.path(), r#"{"db": {"password": "pw-not-in-bodies"}}"#).await;
+        for (headers, want) in [
+            (vec![], StatusCode::UNAUTHORIZED),
+            (vec![(TOKEN_HEADER, "tok2")], StatusCode::UNAUTHORIZED),
+            (vec![(TOKEN_HEADER, "to")], StatusCode::UNAUTHORIZED),
+            (vec![TOKEN, ("x-forwarded-for", "127.0.0.1")], StatusCode::BAD_REQUEST),
+        ] {
+            let (s, h, body) = call(&app, "GET", "/v1/secrets/db", &headers).await;
+            assert_eq!(s, want, "{headers:?}");
+            assert_eq!(h[header::CONTENT_TYPE], "application/json");
+            assert!(!body.contains("pw-not-in-bodies"));
+            assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+        }
+        assert_eq!(call(&app, "GET", "/healthz", &[("x-forwarded-for", "1.2.3.4")]).await.0, StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn if_none_match_handles_lists_weak_tags_and_star() {
