@@ -23,7 +23,8 @@ fn stderr(o: &Output) -> String {
 
 #[tokio::test]
 async fn invalid_command_lines_exit_2_naming_the_offending_value() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["run"], &[], "no secrets configured"),
         (&["run", "--secret", "db"], &[], "\"db\" is not NAME=SECRET_ID"),
         (&["run", "--secret", "../etc=x"], &[], "\"../etc\""),
