@@ -95,6 +95,15 @@ struct CheckState {
     next_delay: Duration,
 }
 
+impl CheckState {
+    /// A rotation seen less than [`ROTATION_FAST_POLL_CAP`] ago, or an app's failure report within
+    /// [`SUSPECT_WINDOW`], puts the secret on `--rotation-poll-interval`.
+    fn fast_polling(&self, now: Instant) -> bool {
+        self.rotation_seen_at.is_some_and(|t| now.duration_since(t) < ROTATION_FAST_POLL_CAP)
+            || self.suspect_until.is_some_and(|t| now < t)
+    }
+}
+
 struct SecretCtl {
     spec: SecretSpec,
     state: Mutex<CheckState>,
@@ -213,10 +222,7 @@ impl Inner {
 
     fn deadline(&self, state: &CheckState) -> Instant {
         let last = state.last_check.unwrap_or_else(Instant::now);
-        let now = Instant::now();
-        let fast = state.failures == 0
-            && (state.rotation_seen_at.is_some_and(|t| now.duration_since(t) < ROTATION_FAST_POLL_CAP)
-                || state.suspect_until.is_some_and(|t| now < t));
+        let fast = state.failures == 0 && state.fast_polling(Instant::now());
         let delay = if fast { state.next_delay.min(self.timing.rotation_poll_interval) } else { state.next_delay };
         last + delay
     }
@@ -246,7 +252,7 @@ impl Inner {
                 if report.changed {
                     state.suspect_until = None;
                 }
-                state.next_delay = if state.rotation_seen_at.is_some() || state.suspect_until.is_some_and(|t| now < t) {
+                state.next_delay = if state.fast_polling(now) {
                     jittered(self.timing.rotation_poll_interval, unit_random())
                 } else {
                     jittered(self.timing.refresh_interval, unit_random())
@@ -532,6 +538,48 @@ mod tests {
         assert!(!p.refresh_now("db").await.unwrap().unwrap().changed);
         assert_eq!((denied.num_calls(), current.num_calls()), (1, 2), "describe is not retried after the denial");
         assert_eq!(store.get("db").unwrap().mode, Mode::GetOnly);
+    }
+
+    /// Counts DescribeSecret calls in `[from, to)` minutes of paused time while the loop runs.
+    async fn describes_between(d: &Rule, from: u64, to: u64) -> usize {
+        tokio::time::sleep(Duration::from_secs(from * 60)).await;
+        let before = d.num_calls();
+        tokio::time::sleep(Duration::from_secs((to - from) * 60)).await;
+        d.num_calls() - before
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_rotation_polls_fast_for_fifteen_minutes_then_at_the_normal_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = describe("v1", Some("v2"));
+        let g1 = get_version("v1", r#"{"password":"old"}"#);
+        let g2 = get_version("v2", r#"{"password":"new"}"#);
+        let (p, _) = poller(&[&d, &g1, &g2], dir.path());
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        p.spawn(&tracker, cancel.clone());
+        // Minutes 0-10: every 2 s ±10% → about 300 checks. Minutes 16-26: every 60 s ±10% → about 10.
+        let fast = describes_between(&d, 0, 10).await;
+        let slow = describes_between(&d, 6, 16).await;
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        assert!((270..=335).contains(&fast), "fast polling: {fast} checks in 10 min");
+        assert!((8..=12).contains(&slow), "after the cap: {slow} checks in 10 min");
+        assert_eq!(g2.num_calls(), 1, "the pending value is fetched once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_state_polls_once_per_interval_with_jitter() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = describe("v1", None);
+        let g1 = get_version("v1", r#"{"password":"a"}"#);
+        let (p, _) = poller(&[&d, &g1], dir.path());
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        p.spawn(&tracker, cancel.clone());
+        let checks = describes_between(&d, 0, 60).await;
+        cancel.cancel();
+        assert!((55..=67).contains(&checks), "{checks} checks in an hour at 60 s ±10%");
+        assert_eq!(g1.num_calls(), 1, "GetSecretValue only for the first version");
     }
 
     #[tokio::test]
