@@ -1,0 +1,77 @@
+"""docs/deploying-on-ecs.md stays true to the files it documents: every placeholder is listed,
+and the cost table's arithmetic is recomputed here rather than trusted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import placeholders
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "deploying-on-ecs.md"
+SECONDS_PER_DAY = 86_400
+DAYS_PER_MONTH = 30
+FLEET = 1_000
+USD_PER_10K_CALLS = 0.05
+
+
+def table_placeholders(doc: str) -> set[str]:
+    return set(re.findall(r"^\| `(<[A-Z][A-Z0-9_]*>)` \|", doc, re.M))
+
+
+def test_every_placeholder_of_the_files_is_in_the_docs_table_and_has_an_example():
+    used = placeholders.placeholders_in((ROOT / "ecs-task-def.json").read_text())
+    used |= placeholders.placeholders_in((ROOT / "iam-policy.json").read_text())
+    listed = table_placeholders(DOC.read_text())
+    assert used == listed, f"in the files but not the table: {used - listed}; in the table only: {listed - used}"
+    assert used == set(placeholders.EXAMPLE_VALUES)
+
+
+def n(text: str) -> float:
+    return float(text.replace(",", "").replace("$", ""))
+
+
+def check_cost_table(doc: str) -> list[str]:
+    rows = re.findall(r"^\| (\d+) s(?: \(default\))? \| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| (\$[\d,.]+) \|$", doc, re.M)
+    if not rows:
+        return ["no cost table rows found"]
+    problems = []
+    for interval, per_day, per_month, fleet, cost in rows:
+        want_day = SECONDS_PER_DAY / int(interval)
+        want = (want_day, want_day * DAYS_PER_MONTH, want_day * DAYS_PER_MONTH * FLEET)
+        want_cost = want[2] / 10_000 * USD_PER_10K_CALLS
+        got = (n(per_day), n(per_month), n(fleet))
+        if got != want:
+            problems.append(f"{interval} s: calls {got} should be {want}")
+        if abs(n(cost) - want_cost) > 0.005:
+            problems.append(f"{interval} s: cost {cost} should be ${want_cost:,.2f}")
+    if "60" not in [r[0] for r in rows]:
+        problems.append("the table lacks the default interval, 60 s")
+    return problems
+
+
+def test_cost_table_arithmetic():
+    doc = DOC.read_text()
+    assert check_cost_table(doc) == []
+    assert "| 60 s (default) | 1,440 | 43,200 | 43,200,000 | $216.00 |" in doc
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("| 1,440 | 43,200 |", "| 1,440 | 44,640 |"),  # a 31-day month slipped in
+        ("| $216.00 |", "| $21.60 |"),
+        ("| 300 s | 288 |", "| 300 s | 290 |"),
+    ],
+)
+def test_cost_table_check_catches(old, new):
+    doc = DOC.read_text()
+    assert old in doc
+    assert check_cost_table(doc.replace(old, new)) != []
+
+
+def test_no_unfilled_measurement_left():
+    assert "RELEASE_SIZE" not in DOC.read_text(), "fill in the release binary's size from make check-release"
