@@ -8,24 +8,12 @@ mod db;
 fn mariadb_password_change_rejects_old_password_for_new_logins() {
     let m = db::MariaDb::start();
     let old = m.app_password().to_string();
-    assert!(
-        m.can_login(db::APP_USER, &old),
-        "app cannot log in with its initial password"
-    );
-    assert!(
-        !m.can_login(db::APP_USER, "not-the-password"),
-        "a wrong password was accepted: auth is off"
-    );
+    assert!(m.can_login(db::APP_USER, &old), "app cannot log in with its initial password");
+    assert!(!m.can_login(db::APP_USER, "not-the-password"), "a wrong password was accepted: auth is off");
     let new = db::random_password();
     m.set_password(db::APP_USER, &new);
-    assert!(
-        !m.can_login(db::APP_USER, &old),
-        "old password still accepted after ALTER USER"
-    );
-    assert!(
-        m.can_login(db::APP_USER, &new),
-        "new password rejected after ALTER USER"
-    );
+    assert!(!m.can_login(db::APP_USER, &old), "old password still accepted after ALTER USER");
+    assert!(m.can_login(db::APP_USER, &new), "new password rejected after ALTER USER");
     assert_eq!(m.kill_connections(db::APP_USER), 0);
 }
 
@@ -33,24 +21,12 @@ fn mariadb_password_change_rejects_old_password_for_new_logins() {
 fn postgres_password_change_rejects_old_password_for_new_logins() {
     let p = db::Postgres::start();
     let old = p.app_password().to_string();
-    assert!(
-        p.can_login(db::APP_USER, &old),
-        "app cannot log in with its initial password"
-    );
-    assert!(
-        !p.can_login(db::APP_USER, "not-the-password"),
-        "a wrong password was accepted: auth is off"
-    );
+    assert!(p.can_login(db::APP_USER, &old), "app cannot log in with its initial password");
+    assert!(!p.can_login(db::APP_USER, "not-the-password"), "a wrong password was accepted: auth is off");
     let new = db::random_password();
     p.set_password(db::APP_USER, &new);
-    assert!(
-        !p.can_login(db::APP_USER, &old),
-        "old password still accepted after ALTER ROLE"
-    );
-    assert!(
-        p.can_login(db::APP_USER, &new),
-        "new password rejected after ALTER ROLE"
-    );
+    assert!(!p.can_login(db::APP_USER, &old), "old password still accepted after ALTER ROLE");
+    assert!(p.can_login(db::APP_USER, &new), "new password rejected after ALTER ROLE");
 }
 
 #[test]
@@ -59,13 +35,6 @@ fn servers_are_gone_after_drop() {
         let m = db::MariaDb::start();
         (m.port(), m.dir().to_path_buf())
     };
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "mariadbd still listening after drop"
-    );
-    assert!(
-        !dir.exists(),
-        "mariadb data dir left behind: {}",
-        dir.display()
-    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "mariadbd still listening after drop");
+    assert!(!dir.exists(), "mariadb data dir left behind: {}", dir.display());
 }

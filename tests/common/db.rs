@@ -38,20 +38,12 @@ pub const APP_DATABASE: &str = "app";
 /// A random password of 24 alphanumeric characters (safe in SQL literals and URLs, like RDS's
 /// generated ones minus punctuation).
 pub fn random_password() -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect()
 }
 
 /// Panics with the Debian packages to install when a binary is missing.
 fn require(bins: &[(&str, &str)]) {
-    let missing: Vec<&str> = bins
-        .iter()
-        .filter(|(b, _)| !Path::new(b).exists())
-        .map(|(_, p)| *p)
-        .collect();
+    let missing: Vec<&str> = bins.iter().filter(|(b, _)| !Path::new(b).exists()).map(|(_, p)| *p).collect();
     if !missing.is_empty() {
         let mut pkgs = missing.clone();
         pkgs.dedup();
@@ -60,30 +52,20 @@ fn require(bins: &[(&str, &str)]) {
              (or apt-get install {}); missing: {}",
             pkgs.join(" "),
             pkgs.join(" "),
-            bins.iter()
-                .filter(|(b, _)| !Path::new(b).exists())
-                .map(|(b, _)| *b)
-                .collect::<Vec<_>>()
-                .join(", ")
+            bins.iter().filter(|(b, _)| !Path::new(b).exists()).map(|(b, _)| *b).collect::<Vec<_>>().join(", ")
         );
     }
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; the server binds it moments later).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
 
 /// Effective uid 0 (from /proc/self's owner: no libc or unsafe needed).
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// Single-quoted SQL string literal (both servers accept '' for a quote; backslashes doubled for MariaDB).
@@ -106,12 +88,7 @@ fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .expect("write SQL to client stdin");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).expect("write SQL to client stdin");
     child.wait_with_output().expect("wait for client")
 }
 
@@ -168,15 +145,8 @@ impl MariaDb {
     /// Initialises a data directory, starts `mariadbd` on 127.0.0.1:<free port>, creates `app`.
     /// Blocking (a second or two); call it before starting async work or via `spawn_blocking`.
     pub fn start() -> MariaDb {
-        require(&[
-            (MARIADBD, "mariadb-server"),
-            (MARIADB_INSTALL_DB, "mariadb-server"),
-            (MARIADB, "mariadb-client"),
-        ]);
-        let dir = tempfile::Builder::new()
-            .prefix("sidecar-mariadb-")
-            .tempdir()
-            .expect("temp dir");
+        require(&[(MARIADBD, "mariadb-server"), (MARIADB_INSTALL_DB, "mariadb-server"), (MARIADB, "mariadb-client")]);
+        let dir = tempfile::Builder::new().prefix("sidecar-mariadb-").tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let log = dir.path().join("mariadb.err");
         let socket = dir.path().join("mysqld.sock");
@@ -208,10 +178,7 @@ impl MariaDb {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
-            .arg(format!(
-                "--pid-file={}",
-                dir.path().join("mariadb.pid").display()
-            ))
+            .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
             .arg(format!("--log-error={}", log.display()))
             .arg("--skip-name-resolve")
             .arg("--skip-log-bin")
@@ -227,14 +194,7 @@ impl MariaDb {
             cmd.arg("--user=root");
         }
         let child = cmd.spawn().expect("spawn mariadbd");
-        let mut db = MariaDb {
-            child,
-            port,
-            socket,
-            log,
-            app_password: random_password(),
-            dir,
-        };
+        let mut db = MariaDb { child, port, socket, log, app_password: random_password(), dir };
         if let Err(e) = db.wait_ready() {
             panic!("mariadbd did not start: {e}");
         }
@@ -246,10 +206,7 @@ impl MariaDb {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "mariadbd exited with {status}; log:\n{}",
-                    tail(&self.log, 30)
-                ));
+                return Err(format!("mariadbd exited with {status}; log:\n{}", tail(&self.log, 30)));
             }
             if self.socket.exists() {
                 let out = run_with_stdin(self.admin_cmd(), "SELECT 1;");
@@ -258,10 +215,7 @@ impl MariaDb {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "mariadbd not ready after {START_TIMEOUT:?}; log:\n{}",
-                    tail(&self.log, 30)
-                ));
+                return Err(format!("mariadbd not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -293,11 +247,7 @@ impl MariaDb {
     /// Runs SQL as root over the socket (on stdin) and returns stdout; panics on an error.
     pub fn sql(&self, sql: &str) -> String {
         let out = run_with_stdin(self.admin_cmd(), sql);
-        assert!(
-            out.status.success(),
-            "mariadb SQL failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mariadb SQL failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -311,18 +261,12 @@ impl MariaDb {
 
     /// Kills every connection of `user` server-side; returns how many were killed.
     pub fn kill_connections(&self, user: &str) -> usize {
-        let ids = self.sql(&format!(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {};",
-            sql_str(user)
-        ));
+        let ids = self.sql(&format!("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = {};", sql_str(user)));
         let ids: Vec<&str> = ids.split_whitespace().collect();
         if ids.is_empty() {
             return 0;
         }
-        let stmts: String = ids
-            .iter()
-            .map(|id| format!("KILL CONNECTION {id};\n"))
-            .collect();
+        let stmts: String = ids.iter().map(|id| format!("KILL CONNECTION {id};\n")).collect();
         // A connection may end by itself between the SELECT and the KILL: ignore "unknown thread".
         let mut c = self.admin_cmd();
         c.arg("--force");
@@ -377,10 +321,7 @@ impl Drop for MariaDb {
 /// The newest installed `/usr/lib/postgresql/<major>/bin` (Debian 12: 15).
 fn pg_bin_dir() -> PathBuf {
     let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
     majors.sort_unstable();
     match majors.last() {
@@ -413,16 +354,9 @@ impl Postgres {
             (bin.join("initdb").to_str().unwrap(), "postgresql"),
             ("/usr/bin/psql", "postgresql-client"),
         ]);
-        let dir = tempfile::Builder::new()
-            .prefix("sidecar-pg-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("sidecar-pg-").tempdir().expect("temp dir");
         let run_as = if is_root() {
-            Some(
-                passwd_ids("postgres")
-                    .or_else(|| passwd_ids("nobody"))
-                    .expect("a postgres or nobody user"),
-            )
+            Some(passwd_ids("postgres").or_else(|| passwd_ids("nobody")).expect("a postgres or nobody user"))
         } else {
             None
         };
@@ -468,41 +402,19 @@ impl Postgres {
             .arg(dir.path())
             .arg("-p")
             .arg(port.to_string())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=300",
-            ])
-            .args([
-                "-c",
-                "password_encryption=scram-sha-256",
-                "-c",
-                "log_min_messages=warning",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"])
+            .args(["-c", "password_encryption=scram-sha-256", "-c", "log_min_messages=warning"])
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
         as_user(&mut cmd, run_as);
         let child = cmd.spawn().expect("spawn postgres");
-        let mut pg = Postgres {
-            child,
-            port,
-            bin,
-            log,
-            app_password: random_password(),
-            dir,
-        };
+        let mut pg = Postgres { child, port, bin, log, app_password: random_password(), dir };
         if let Err(e) = pg.wait_ready() {
             panic!("postgres did not start: {e}");
         }
-        pg.sql(&format!(
-            "CREATE ROLE {APP_USER} LOGIN PASSWORD {};",
-            sql_str(&pg.app_password)
-        ));
+        pg.sql(&format!("CREATE ROLE {APP_USER} LOGIN PASSWORD {};", sql_str(&pg.app_password)));
         pg.sql(&format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER};"));
         pg
     }
@@ -511,27 +423,16 @@ impl Postgres {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "postgres exited with {status}; log:\n{}",
-                    tail(&self.log, 30)
-                ));
+                return Err(format!("postgres exited with {status}; log:\n{}", tail(&self.log, 30)));
             }
-            if self
-                .dir
-                .path()
-                .join(format!(".s.PGSQL.{}", self.port))
-                .exists()
-            {
+            if self.dir.path().join(format!(".s.PGSQL.{}", self.port)).exists() {
                 let out = run_with_stdin(self.admin_cmd(), "SELECT 1;");
                 if out.status.success() {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "postgres not ready after {START_TIMEOUT:?}; log:\n{}",
-                    tail(&self.log, 30)
-                ));
+                return Err(format!("postgres not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -539,41 +440,29 @@ impl Postgres {
 
     fn admin_cmd(&self) -> Command {
         let mut c = Command::new("/usr/bin/psql");
-        c.arg("-X")
-            .arg("-q")
-            .args(["-v", "ON_ERROR_STOP=1", "-At"])
-            .arg("-h")
-            .arg(self.dir.path())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-f",
-                "-",
-            ]);
+        c.arg("-X").arg("-q").args(["-v", "ON_ERROR_STOP=1", "-At"]).arg("-h").arg(self.dir.path()).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-f",
+            "-",
+        ]);
         c
     }
 
     /// Runs SQL as the superuser over the socket (on stdin), returns stdout; panics on an error.
     pub fn sql(&self, sql: &str) -> String {
         let out = run_with_stdin(self.admin_cmd(), sql);
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `ALTER ROLE … PASSWORD` (the setSecret step of a rotation).
     pub fn set_password(&self, user: &str, password: &str) {
-        self.sql(&format!(
-            "ALTER ROLE {user} PASSWORD {};",
-            sql_str(password)
-        ));
+        self.sql(&format!("ALTER ROLE {user} PASSWORD {};", sql_str(password)));
     }
 
     /// Terminates every backend of `user`; returns how many.
@@ -588,22 +477,10 @@ impl Postgres {
     /// Whether `user`/`password` can log in over TCP right now.
     pub fn can_login(&self, user: &str, password: &str) -> bool {
         let mut c = Command::new("/usr/bin/psql");
-        c.args([
-            "-X",
-            "-q",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            user,
-            "-d",
-            APP_DATABASE,
-        ])
-        .args(["-w", "-f", "-"])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "5");
+        c.args(["-X", "-q", "-At", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user, "-d", APP_DATABASE])
+            .args(["-w", "-f", "-"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5");
         run_with_stdin(c, "SELECT 1;").status.success()
     }
 

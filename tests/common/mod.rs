@@ -15,6 +15,8 @@ use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
+pub mod db;
+
 pub const REGION: &str = "us-east-1";
 pub const TOKEN_HEADER: &str = "X-Secrets-Sidecar-Token";
 

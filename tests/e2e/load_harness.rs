@@ -17,24 +17,14 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn epoch_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// Fails (never skips) when Ruby, ActiveRecord or the driver is missing, naming the Debian packages.
 pub fn require_ruby(adapter: &str) {
-    let (driver, package) = if adapter == "mysql2" {
-        ("mysql2", "ruby-mysql2")
-    } else {
-        ("pg", "ruby-pg")
-    };
+    let (driver, package) = if adapter == "mysql2" { ("mysql2", "ruby-mysql2") } else { ("pg", "ruby-pg") };
     let probe = std::process::Command::new("ruby")
-        .args([
-            "-e",
-            &format!("require 'active_record'; require '{driver}'"),
-        ])
+        .args(["-e", &format!("require 'active_record'; require '{driver}'")])
         .output();
     match probe {
         Ok(o) if o.status.success() => {}
@@ -63,10 +53,7 @@ pub struct LoadResult {
 impl Load {
     /// Spawns load.rb with `config` (see its header) and waits until queries flow.
     pub async fn start(mut config: Value) -> Load {
-        let dir = tempfile::Builder::new()
-            .prefix("sidecar-load-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("sidecar-load-").tempdir().unwrap();
         let stop_file = dir.path().join("stop");
         config["stop_file"] = json!(stop_file);
         config["lib"] = json!(repo().join("contrib/ruby/lib"));
@@ -88,27 +75,16 @@ impl Load {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(Duration::from_secs(60), stdout.next_line()).await;
         match ready {
             Ok(Ok(Some(line))) if line.contains("\"ready\"") => {}
-            other => panic!(
-                "load.rb did not become ready: {other:?}\nstderr:\n{}",
-                stderr.lock().unwrap()
-            ),
+            other => panic!("load.rb did not become ready: {other:?}\nstderr:\n{}", stderr.lock().unwrap()),
         }
-        Load {
-            child,
-            stdout,
-            stderr,
-            stop_file,
-            _dir: dir,
-        }
+        Load { child, stdout, stderr, stop_file, _dir: dir }
     }
 
     /// Asks load.rb to stop (stop file) and returns its JSON summary and everything it wrote to stderr.
@@ -121,17 +97,11 @@ impl Load {
             }
             self.child.wait().await
         };
-        let status = tokio::time::timeout(Duration::from_secs(60), read_all)
-            .await
-            .expect("load.rb did not stop");
+        let status = tokio::time::timeout(Duration::from_secs(60), read_all).await.expect("load.rb did not stop");
         let stderr = self.stderr.lock().unwrap().clone();
-        assert!(
-            status.as_ref().map(|s| s.success()).unwrap_or(false),
-            "load.rb failed: {status:?}\n{stderr}"
-        );
+        assert!(status.as_ref().map(|s| s.success()).unwrap_or(false), "load.rb failed: {status:?}\n{stderr}");
         let line = last.unwrap_or_else(|| panic!("load.rb printed no summary\n{stderr}"));
-        let summary: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad summary {line}: {e}"));
+        let summary: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad summary {line}: {e}"));
         LoadResult { summary, stderr }
     }
 }
@@ -174,13 +144,7 @@ pub fn tail(s: &str) -> String {
 
 /// The load configuration both tests use: 8 threads on a pool of 5, disconnect! 4x/s, reconnect! every
 /// 25 queries per thread.
-pub fn load_config(
-    adapter: &str,
-    port: u16,
-    database: &str,
-    mode: &str,
-    secrets_sidecar: Value,
-) -> Value {
+pub fn load_config(adapter: &str, port: u16, database: &str, mode: &str, secrets_sidecar: Value) -> Value {
     json!({
         "adapter": adapter,
         "host": "127.0.0.1",
