@@ -6,7 +6,9 @@
 #   2. `--version` runs and prints the crate version from Cargo.toml;
 #   3. `healthcheck` exits exactly 1, quickly, when nothing listens on SIDECAR_LISTEN (and 0 / 1
 #      against a local /healthz answering 200 / 503), as the ECS health check relies on;
-#   4. prints the size in MiB.
+#   4. prints the size in MiB;
+#   5. with root and the test venv: runs the daemon in a hand-built copy of the image's root as the
+#      task definition's user, against moto, and checks the files the app will read.
 # Usage: scripts/check-release.sh PATH/TO/secrets-sidecar      (make check-release does this)
 set -euo pipefail
 
@@ -120,6 +122,86 @@ if [[ $(id -u) -eq 0 ]] && command -v chroot >/dev/null; then
   ok "runs in an empty root directory (nothing but the binary, as in scratch)"
 else
   echo "check-release: note: not root, the empty-root (chroot) run was not done"
+fi
+
+# -- 5. the image's root, assembled by hand, running the daemon --------------------------------
+# With root and the test venv (moto's Secrets Manager emulator): build the runtime stage's file
+# tree without Docker (the binary, the CA bundle, /secrets owned 65532 mode 0755, plus the /dev
+# nodes every container runtime provides), run the daemon in it as the task definition's user
+# against moto on 127.0.0.1, and check what the app container will see.
+venv=.venv/bin
+if [[ -n ${CHECK_RELEASE_NO_DAEMON:-} ]]; then
+  # Only for tests/deploy/test_check_release.py, whose C stand-in has no daemon to run.
+  echo "check-release: note: CHECK_RELEASE_NO_DAEMON set, the daemon run in the image's root was not done"
+elif [[ $(id -u) -eq 0 && -x $venv/moto_server && -x $venv/python ]] && command -v chroot >/dev/null; then
+  user=$(python3 -c 'import json; print(next(c["user"] for c in json.load(open("ecs-task-def.json"))["containerDefinitions"] if c["name"] == "secrets-sidecar"))')
+  gid=${user#*:}
+  img=$work/image
+  chmod 0755 "$work"  # mktemp -d is 0700: the app uid must be able to reach /secrets
+  mkdir -p "$img/etc/ssl/certs" "$img/secrets" "$img/dev"
+  cp "$bin" "$img/secrets-sidecar"
+  cp /etc/ssl/certs/ca-certificates.crt "$img/etc/ssl/certs/"
+  chown 65532:65532 "$img/secrets" && chmod 0755 "$img/secrets"
+  mknod -m 666 "$img/dev/null" c 1 3 && mknod -m 666 "$img/dev/urandom" c 1 9 && mknod -m 666 "$img/dev/random" c 1 8
+  moto_port=$(free_port)
+  "$venv/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+  moto_pid=$!
+  side_pid=
+  trap 'kill $moto_pid $side_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+  secret='{"username":"app","password":"check-release-not-a-real-password"}'
+  arn=$(AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "$venv/python" - "$moto_port" "$secret" <<'PY'
+import sys, time, boto3, botocore.exceptions
+c = boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")
+deadline = time.monotonic() + 20
+while True:
+    try:
+        print(c.create_secret(Name="rds!cluster-check-release", SecretString=sys.argv[2])["ARN"])
+        break
+    except botocore.exceptions.EndpointConnectionError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+PY
+  ) || fail "could not create a secret in moto: $(tail -5 "$work/moto.log")"
+  listen_port=$(free_port)
+  chroot_bin=$(command -v chroot)
+  # Exactly what ECS gives the container: the image's ENV, the task's SIDECAR_SECRETS, a Region
+  # and credentials; plus the emulator's endpoint.
+  env -i SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt SIDECAR_OUTPUT_DIR=/secrets \
+    SIDECAR_SECRETS="db=$arn" SIDECAR_LISTEN="127.0.0.1:$listen_port" \
+    SIDECAR_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=eu-west-1 \
+    AWS_ACCESS_KEY_ID=AKIDEXAMPLE AWS_SECRET_ACCESS_KEY=not-a-real-key AWS_EC2_METADATA_DISABLED=true \
+    timeout --preserve-status 60 "$chroot_bin" --userspec="$user" "$img" /secrets-sidecar >"$work/sidecar.log" 2>&1 &
+  side_pid=$!
+  healthy=
+  for _ in $(seq 100); do
+    if env -i SIDECAR_LISTEN="127.0.0.1:$listen_port" "$chroot_bin" --userspec="$user" "$img" /secrets-sidecar healthcheck >/dev/null 2>&1; then
+      healthy=1; break
+    fi
+    kill -0 "$side_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -n $healthy ]] || fail "the daemon in the image root never became healthy:"$'\n'"$(tail -20 "$work/sidecar.log")"
+  f=$img/secrets/db.json
+  [[ $(stat -c '%a %u %g' "$f") == "440 65532 $gid" ]] || fail "db.json is $(stat -c '%a %u:%g' "$f"), expected 440 65532:$gid"
+  [[ $(stat -c '%a %u %g' "$img/secrets/.token") == "440 65532 $gid" ]] || fail ".token is $(stat -c '%a %u:%g' "$img/secrets/.token")"
+  # The app (uid/gid 1000 in the task definition) reads it through the group; anyone else cannot.
+  got=$(env -i PATH=/usr/bin:/bin "$chroot_bin" --userspec="1000:$gid" / cat "$f") || fail "the app's uid/gid 1000:$gid cannot read db.json"
+  [[ $got == "$secret" ]] || fail "db.json holds '$got', not the secret"
+  if env -i PATH=/usr/bin:/bin "$chroot_bin" --userspec=1001:1001 / cat "$f" >/dev/null 2>&1; then
+    fail "db.json is readable by an unrelated uid/gid 1001:1001"
+  fi
+  kill -TERM "$side_pid"
+  start=$(ms_now)
+  set +e; wait "$side_pid"; rc=$?; set -e
+  side_pid=
+  stop_ms=$(($(ms_now) - start))
+  [[ $rc -eq 0 ]] || fail "the daemon exited $rc on SIGTERM, expected 0:"$'\n'"$(tail -5 "$work/sidecar.log")"
+  ((stop_ms < 3000)) || fail "the daemon took ${stop_ms} ms to stop on SIGTERM"
+  if grep -q "check-release-not-a-real-password" "$work/sidecar.log"; then fail "the daemon logged the secret value"; fi
+  ok "in the image's root as $user against moto: healthy, db.json 0440 65532:$gid, readable by 1000:$gid only, SIGTERM exit 0 in ${stop_ms} ms"
+else
+  echo "check-release: note: needs root and .venv (make deps) for the run in the image's root; not done"
 fi
 
 # -- 4. size ---------------------------------------------------------------------------------

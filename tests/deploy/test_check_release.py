@@ -7,6 +7,7 @@ real binary goes through the same script in `make check-release`.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -33,8 +34,11 @@ def build_fake(tmp_path: Path, *defines: str, static: bool = True, version: str 
     return out
 
 
-def check_release(binary: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), str(binary)], capture_output=True, text=True, timeout=60)
+def check_release(binary: Path, daemon: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CHECK_RELEASE_NO_DAEMON"}
+    if not daemon:
+        env["CHECK_RELEASE_NO_DAEMON"] = "1"  # the stand-in has no daemon for step 5
+    return subprocess.run([str(SCRIPT), str(binary)], capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_a_binary_that_keeps_every_promise_passes_and_its_size_is_reported(tmp_path):
@@ -69,3 +73,12 @@ def test_check_release_rejects_a_file_that_is_not_elf(tmp_path):
     script.chmod(0o755)
     proc = check_release(script)
     assert proc.returncode == 1 and "not an ELF file" in proc.stderr, proc.stderr
+
+
+def test_the_image_root_run_fails_for_a_binary_whose_daemon_never_gets_healthy(tmp_path):
+    proc = check_release(build_fake(tmp_path), daemon=True)
+    if os.geteuid() == 0 and (ROOT / ".venv" / "bin" / "moto_server").exists():
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "never became healthy" in proc.stderr, proc.stdout + proc.stderr
+    else:
+        pytest.fail("the image-root run needs root and .venv/bin/moto_server (make deps); CI has both")
