@@ -237,8 +237,17 @@ def build_inputs() -> list[str]:
     files += [f for f in ("build.rs", ".cargo/config.toml", "rust-toolchain.toml") if (ROOT / f).exists()]
     # Targets declared with an explicit path must exist even when another target is built.
     manifest = tomllib.loads(read("Cargo.toml"))
-    for kind in ("bin", "test", "bench", "example"):
-        files += [t["path"] for t in manifest.get(kind, []) if "path" in t]
+    # Cargo resolves a declared target's file when it loads the manifest, for any build: an
+    # explicit `path`, else the conventional one (`[[bench]] name = "x"` -> benches/x.rs).
+    conventional = {"bin": "src/bin", "test": "tests", "bench": "benches", "example": "examples"}
+    for kind, folder in conventional.items():
+        for t in manifest.get(kind, []):
+            if "path" in t:
+                files.append(t["path"])
+            elif (ROOT / folder / t["name"] / "main.rs").exists():
+                files.append(f"{folder}/{t['name']}/main.rs")
+            else:
+                files.append(f"{folder}/{t['name']}.rs")
     if "build" in manifest.get("package", {}) and isinstance(manifest["package"]["build"], str):
         files.append(manifest["package"]["build"])
     for src in (ROOT / "src").rglob("*.rs"):
