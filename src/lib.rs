@@ -110,8 +110,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     poller.spawn(&tracker, cancel.clone());
     let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
-    let addr = listener.local_addr().ok();
-    tracing::info!(listen = ?addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
     let server = axum::serve(listener, http::app(state)).with_graceful_shutdown(cancel.clone().cancelled_owned());
     tracker.spawn(async move {
         if let Err(e) = server.await {

@@ -93,6 +93,8 @@ struct CheckState {
     failures: u32,
     /// The wait after the last check, drawn once so a reschedule does not re-roll the jitter.
     next_delay: Duration,
+    /// A forced refresh refused inside `--min-refresh-gap` asks for one check when the gap ends.
+    deferred_until: Option<Instant>,
 }
 
 impl CheckState {
@@ -142,6 +144,7 @@ impl Poller {
                         suspect_until: None,
                         failures: 0,
                         next_delay: timing.refresh_interval,
+                        deferred_until: None,
                     }),
                     check_now: Notify::new(),
                     reschedule: Notify::new(),
@@ -173,7 +176,13 @@ impl Poller {
         let ctl = self.inner.secrets.get(name)?.clone();
         let mut state = ctl.state.lock().await;
         let now = Instant::now();
-        if state.last_forced.is_some_and(|t| now.duration_since(t) < self.inner.timing.min_refresh_gap) {
+        if let Some(t) = state.last_forced
+            && now.duration_since(t) < self.inner.timing.min_refresh_gap
+        {
+            // Not now, but not forgotten: the loop checks once when the gap ends, so a rotation that
+            // began just after the last forced check is seen seconds later rather than an interval later.
+            state.deferred_until = Some(t + self.inner.timing.min_refresh_gap);
+            ctl.reschedule.notify_one();
             return Some(Ok(self.inner.report(&ctl.spec, false, false)));
         }
         state.last_forced = Some(now);
@@ -224,13 +233,15 @@ impl Inner {
         let last = state.last_check.unwrap_or_else(Instant::now);
         let fast = state.failures == 0 && state.fast_polling(Instant::now());
         let delay = if fast { state.next_delay.min(self.timing.rotation_poll_interval) } else { state.next_delay };
-        last + delay
+        let scheduled = last + delay;
+        state.deferred_until.map_or(scheduled, |d| d.min(scheduled))
     }
 
     /// Bookkeeping after every check, forced or not: store, logs, and the next delay.
     fn after_check(&self, ctl: &SecretCtl, state: &mut CheckState, result: &Result<RefreshReport, CheckError>) {
         let now = Instant::now();
         state.last_check = Some(now);
+        state.deferred_until = None;
         let name = &ctl.spec.name;
         match result {
             Ok(report) => {
@@ -566,6 +577,32 @@ mod tests {
         assert!((270..=335).contains(&fast), "fast polling: {fast} checks in 10 min");
         assert!((8..=12).contains(&slow), "after the cap: {slow} checks in 10 min");
         assert_eq!(g2.num_calls(), 1, "the pending value is fetched once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_refused_inside_the_gap_is_checked_when_the_gap_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = describe("v1", None);
+        let g1 = get_version("v1", r#"{"password":"a"}"#);
+        let (p, _) = poller(&[&d, &g1], dir.path());
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        p.spawn(&tracker, cancel.clone());
+        tokio::time::sleep(Duration::from_millis(10)).await; // the first check
+        assert!(p.refresh_now("db").await.unwrap().unwrap().fetched);
+        // Leave the suspicion window's fast polling out of it: only the deferred check may run.
+        {
+            let mut state = p.inner.secrets["db"].state.lock().await;
+            state.suspect_until = None;
+            state.next_delay = Duration::from_secs(60);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!p.refresh_now("db").await.unwrap().unwrap().fetched, "inside the gap");
+        let before = d.num_calls();
+        tokio::time::sleep(Duration::from_millis(4100)).await; // the gap ends 5 s after the forced check
+        assert_eq!(d.num_calls(), before + 1, "one deferred check at the end of the gap");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(d.num_calls(), before + 1, "and nothing more until the interval");
+        cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]
