@@ -6,7 +6,9 @@ CARGO ?= cargo
 # natively on amd64 or arm64, so the triple comes from the machine, not a constant.
 TARGET ?= $(shell uname -m)-unknown-linux-gnu
 # Static glibc: no dynamic loader or libc needed in the scratch image.
-RELEASE_RUSTFLAGS := -C target-feature=+crt-static
+# getrandom's default Linux backend finds getrandom(2) through dlsym, which a static binary lacks, and then
+# falls back to /dev/urandom; naming the backend makes the binary use the syscall and need no /dev.
+RELEASE_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
 
 .PHONY: demo test lint fmt release check-release deps
@@ -32,7 +34,7 @@ fmt:
 
 ## release: the static binary; the Dockerfile's builder stage runs this same target.
 release:
-	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) build --locked --release --target $(TARGET)
+	RUSTFLAGS='$(RELEASE_RUSTFLAGS)' $(CARGO) build --locked --release --target $(TARGET)
 	@echo "$(BIN)"
 
 ## check-release: what CI can check of the image without a Docker engine.

@@ -1,6 +1,6 @@
 """The placeholders of ecs-task-def.json and iam-policy.json, with example values.
 
-docs/deploying-on-ecs.md lists the same names (test_docs.py keeps the two in step). The example
+README.md ("Deploying on ECS") lists the same names (test_docs.py keeps the two in step). The example
 values are what a user substitutes before registering; the tests render the files with them to
 run the sidecar's own config check on the environment ECS would actually hand the container.
 """

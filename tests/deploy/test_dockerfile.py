@@ -63,7 +63,7 @@ def check_makefile_release(makefile: str) -> list[str]:
     if len(builds) != 1:
         return problems + [f"release must run exactly one cargo build, runs {builds}"]
     b = builds[0]
-    for part in ('RUSTFLAGS="$(RELEASE_RUSTFLAGS)"', "--locked", "--release", "--target $(TARGET)"):
+    for part in ("RUSTFLAGS='$(RELEASE_RUSTFLAGS)'", "--locked", "--release", "--target $(TARGET)"):
         if part not in b:
             problems.append(f"the release build lacks {part}: {b}")
     return problems

@@ -1,4 +1,4 @@
-"""docs/deploying-on-ecs.md stays true to the files it documents: every placeholder is listed,
+"""README.md's "Deploying on ECS" section stays true to the files it documents: every placeholder is listed,
 and the cost table's arithmetic is recomputed here rather than trusted."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import placeholders
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "deploying-on-ecs.md"
+DOC = ROOT / "README.md"
 SECONDS_PER_DAY = 86_400
 DAYS_PER_MONTH = 30
 FLEET = 1_000
