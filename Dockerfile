@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # secrets-sidecar image: a static binary on `scratch`, run as uid 65532.
-# Build (both architectures; see docs/deploying-on-ecs.md):
+# Build (both architectures; see README.md, "Deploying on ECS"):
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <SIDECAR_IMAGE_URI> --push .
 
 # ---- builder ------------------------------------------------------------------------------

@@ -75,9 +75,14 @@ async fn rotation_reaches_file_and_http_within_one_refresh_interval() {
     let new_version = rotate(&sm, "prod/app/db", &creds("new")).await;
     // One interval plus its 10% jitter, plus a little for the round trip.
     sidecar
-        .wait_for("the rotated value in the file", interval.mul_f64(1.1) + Duration::from_millis(800), async || {
-            sidecar.read_file("db.json").as_deref() == Some(creds("new").as_str())
-        })
+        .wait_for(
+            "the rotated value in the file and on HTTP",
+            interval.mul_f64(1.1) + Duration::from_millis(800),
+            async || {
+                sidecar.read_file("db.json").as_deref() == Some(creds("new").as_str())
+                    && sidecar.get("/v1/secrets/db").await.text().await.unwrap() == creds("new")
+            },
+        )
         .await;
     let r = sidecar.get("/v1/secrets/db").await;
     assert_eq!(r.headers()["etag"], format!("\"{new_version}\"").as_str());
@@ -93,8 +98,12 @@ async fn several_secrets_one_missing_the_others_are_served_and_health_names_the_
     let sidecar =
         Sidecar::builder(&moto).secret("a", "a").secret("b", "b").secret("gone", "never-created").spawn().await;
     sidecar
+        // The file is written first, then the store that HTTP serves from: wait for both.
         .wait_for("a and b published", Duration::from_secs(15), async || {
-            sidecar.read_file("a.json").is_some() && sidecar.read_file("b.json").is_some()
+            sidecar.read_file("a.json").is_some()
+                && sidecar.read_file("b.json").is_some()
+                && sidecar.get("/v1/secrets/b").await.status() == 200
+                && sidecar.get("/v1/secrets/a").await.status() == 200
         })
         .await;
     assert_eq!(sidecar.get("/v1/secrets/a").await.text().await.unwrap(), creds("a"));

@@ -32,11 +32,11 @@ async fn edits_are_published_quickly_and_broken_edits_lose_nothing() {
 
     edit(&dev, r#"{"db": {"username": "app", "password": "two"}}"#);
     sidecar
-        .wait_for("the edit to be published", Duration::from_millis(1500), async || {
+        .wait_for("the edit to be published to the file and HTTP", Duration::from_millis(1500), async || {
             sidecar.read_file("db.json").is_some_and(|f| f.contains("two"))
+                && sidecar.get("/v1/secrets/db").await.text().await.unwrap().contains("two")
         })
         .await;
-    assert!(sidecar.get("/v1/secrets/db").await.text().await.unwrap().contains("two"));
 
     // In-place writes (no rename) are seen too.
     std::fs::write(&dev, r#"{"db": {"username": "app", "password": "three"}}"#).unwrap();
