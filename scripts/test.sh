@@ -9,7 +9,7 @@ export MOTO_SERVER="$root/.venv/bin/moto_server"
 target=${CARGO_TARGET_DIR:-$root/target}
 
 echo "==> cargo test (unit, integration against moto, end-to-end on MariaDB/PostgreSQL)"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
 
 echo "==> Ruby unit tests (contrib/ruby)"
 ruby -w contrib/ruby/test/run.rb
