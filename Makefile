@@ -11,7 +11,7 @@ TARGET ?= $(shell uname -m)-unknown-linux-gnu
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
 
-.PHONY: demo test lint fmt release check-release deps
+.PHONY: demo test lint fmt release check-release deps bench bench-footprint
 
 ## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
 demo:
@@ -40,3 +40,11 @@ release:
 ## check-release: what CI can check of the image without a Docker engine.
 check-release: release
 	scripts/check-release.sh "$(BIN)"
+
+## bench: what atomic publication costs (cargo bench) and the running sidecar's memory and latency.
+bench: bench-footprint
+	$(CARGO) bench --locked --bench publish
+
+bench-footprint: release
+	scripts/install-test-deps.sh --emulator-only
+	.venv/bin/python bench/footprint.py "$(BIN)"
