@@ -54,6 +54,8 @@ pub enum RunError {
     DevName(String),
     #[error("--dev-secrets: cannot watch the file: {0}")]
     DevWatch(#[from] notify::Error),
+    #[error("cannot generate a token: no OS random source ({0})")]
+    Random(getrandom::Error),
 }
 
 /// Runs the sidecar until `shutdown` resolves, serving HTTP on `listener`.
@@ -81,7 +83,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let token = match &config.token {
         TokenSetting::Given(t) => Some(t.clone()),
         TokenSetting::Generate => {
-            let token = generate_token();
+            let token = generate_token().map_err(RunError::Random)?;
             let (p, t) = (publisher.clone(), token.clone());
             tokio::task::spawn_blocking(move || p.publish(TOKEN_FILE, t.expose().as_bytes()))
                 .await
@@ -145,8 +147,8 @@ fn dev_specs(dev: &DevSource) -> Result<Vec<SecretSpec>, RunError> {
 }
 
 /// 32 bytes from the OS's CSPRNG, hex-encoded.
-fn generate_token() -> SecretString {
+fn generate_token() -> Result<SecretString, getrandom::Error> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    getrandom::fill(bytes.as_mut()).expect("the OS random source is available");
-    SecretString::from(hex::encode(bytes.as_ref()))
+    getrandom::fill(bytes.as_mut())?;
+    Ok(SecretString::from(hex::encode(bytes.as_ref())))
 }

@@ -551,6 +551,13 @@ mod tests {
         assert_eq!(store.get("db").unwrap().mode, Mode::GetOnly);
     }
 
+    /// Starts the background loops, as `run` does.
+    fn start_loops(p: &Poller) -> (TaskTracker, CancellationToken) {
+        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+        p.spawn(&tracker, cancel.clone());
+        (tracker, cancel)
+    }
+
     /// Counts DescribeSecret calls in `[from, to)` minutes of paused time while the loop runs.
     async fn describes_between(d: &Rule, from: u64, to: u64) -> usize {
         tokio::time::sleep(Duration::from_secs(from * 60)).await;
@@ -566,8 +573,7 @@ mod tests {
         let g1 = get_version("v1", r#"{"password":"old"}"#);
         let g2 = get_version("v2", r#"{"password":"new"}"#);
         let (p, _) = poller(&[&d, &g1, &g2], dir.path());
-        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-        p.spawn(&tracker, cancel.clone());
+        let (tracker, cancel) = start_loops(&p);
         // Minutes 0-10: every 2 s ±10% → about 300 checks. Minutes 16-26: every 60 s ±10% → about 10.
         let fast = describes_between(&d, 0, 10).await;
         let slow = describes_between(&d, 6, 16).await;
@@ -585,8 +591,7 @@ mod tests {
         let d = describe("v1", None);
         let g1 = get_version("v1", r#"{"password":"a"}"#);
         let (p, _) = poller(&[&d, &g1], dir.path());
-        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-        p.spawn(&tracker, cancel.clone());
+        let (_tracker, cancel) = start_loops(&p);
         tokio::time::sleep(Duration::from_millis(10)).await; // the first check
         assert!(p.refresh_now("db").await.unwrap().unwrap().fetched);
         // Leave the suspicion window's fast polling out of it: only the deferred check may run.
@@ -611,8 +616,7 @@ mod tests {
         let d = describe("v1", None);
         let g1 = get_version("v1", r#"{"password":"a"}"#);
         let (p, _) = poller(&[&d, &g1], dir.path());
-        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-        p.spawn(&tracker, cancel.clone());
+        let (_tracker, cancel) = start_loops(&p);
         let checks = describes_between(&d, 0, 60).await;
         cancel.cancel();
         assert!((55..=67).contains(&checks), "{checks} checks in an hour at 60 s ±10%");

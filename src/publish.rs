@@ -25,12 +25,22 @@ pub const TEMP_PREFIX: &str = ".secrets-sidecar-tmp-";
 pub enum PublishError {
     #[error("output directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {source}{hint}", hint = permission_hint(source))]
     Write { path: PathBuf, source: io::Error },
     #[error(
         "setting owner {uid:?}:{gid:?} on {path}: {source} (the sidecar must run as root to give files another owner)"
     )]
     Chown { path: PathBuf, uid: Option<u32>, gid: Option<u32>, source: io::Error },
+}
+
+/// The usual cause on ECS, said where it is seen: the volume's directory is not the sidecar's.
+fn permission_hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        " (the output directory must be writable by the sidecar's uid: on Fargate the image creates /secrets \
+         owned by 65532, see README \"Why /secrets exists in the image\")"
+    } else {
+        ""
+    }
 }
 
 /// What [`Publisher::publish`] did.
@@ -86,7 +96,7 @@ impl Publisher {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>()
         ));
-        let result = self.write_temp(&temp, content).and_then(|()| {
+        let result = self.write_temp(&temp, &target, content).and_then(|()| {
             fs::rename(&temp, &target).map_err(|source| PublishError::Write { path: target.clone(), source })
         });
         if result.is_err() {
@@ -101,13 +111,14 @@ impl Publisher {
         Ok(Outcome::Written)
     }
 
-    fn write_temp(&self, temp: &Path, content: &[u8]) -> Result<(), PublishError> {
-        let werr = |source| PublishError::Write { path: temp.to_path_buf(), source };
+    /// Errors name `target`: the temp file's name means nothing to whoever reads the log.
+    fn write_temp(&self, temp: &Path, target: &Path, content: &[u8]) -> Result<(), PublishError> {
+        let werr = |source| PublishError::Write { path: target.to_path_buf(), source };
         // 0o600 at creation whatever the umask; the final mode is set below, still before any byte.
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(temp).map_err(werr)?;
         if self.options.uid.is_some() || self.options.gid.is_some() {
             std::os::unix::fs::fchown(&file, self.options.uid, self.options.gid).map_err(|source| {
-                PublishError::Chown { path: temp.to_path_buf(), uid: self.options.uid, gid: self.options.gid, source }
+                PublishError::Chown { path: target.to_path_buf(), uid: self.options.uid, gid: self.options.gid, source }
             })?;
         }
         // fchmod, not the creation mode: the umask does not apply, so the mode is exactly --file-mode.
@@ -198,6 +209,21 @@ mod tests {
         names.sort();
         assert_eq!(names, ["blocked", "db.json"]);
         assert_eq!(fs::read(dir.path().join("db.json")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_permission_error_names_the_target_and_the_usual_fix() {
+        let denied = PublishError::Write {
+            path: PathBuf::from("/secrets/db.json"),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let msg = denied.to_string();
+        assert!(msg.starts_with("writing /secrets/db.json: permission denied"), "{msg}");
+        assert!(msg.contains("writable by the sidecar's uid"), "{msg}");
+        // Other errors get no misleading hint.
+        let full =
+            PublishError::Write { path: PathBuf::from("/secrets/db.json"), source: io::Error::from_raw_os_error(28) };
+        assert!(!full.to_string().contains("writable"), "{full}");
     }
 
     #[test]
