@@ -11,12 +11,21 @@ TARGET ?= $(shell uname -m)-unknown-linux-gnu
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
 
-.PHONY: demo test lint fmt release check-release deps bench bench-footprint
+.PHONY: demo demo-dev test lint fmt release check-release deps bench bench-footprint
 
 ## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
+# Falls back to the dev-file demo where Python's venv (for the emulator) is missing.
 demo:
-	scripts/install-test-deps.sh --emulator-only
-	scripts/demo.sh
+	@if python3 -m venv --help >/dev/null 2>&1; then \
+	  scripts/install-test-deps.sh --emulator-only && scripts/demo.sh; \
+	else \
+	  echo "python3 -m venv is not available: running the dev-file demo instead (make demo-dev)"; \
+	  scripts/demo.sh --dev; \
+	fi
+
+## demo-dev: the same demo without AWS or an emulator (--dev-secrets), needing only cargo.
+demo-dev:
+	scripts/demo.sh --dev
 
 ## test: every test, installing what the tests need first.
 test: deps

@@ -2,11 +2,26 @@
 # The local demo (`make demo`): starts moto's Secrets Manager emulator, creates a database secret, runs
 # the sidecar against it, rotates the secret the way a rotation Lambda does, and shows the file and the
 # endpoint follow. Everything runs on 127.0.0.1 and is stopped on exit.
+#
+# `scripts/demo.sh --dev` (`make demo-dev`) needs nothing but cargo: the sidecar reads a local
+# --dev-secrets file instead of Secrets Manager and an edit of that file plays the rotation. `make demo`
+# falls back to it when Python's venv is not available for the emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+mode=emulator
+[[ ${1:-} == --dev ]] && mode=dev
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() {
+  # Python where there is one; otherwise bash's /dev/tcp probing a few random high ports.
+  if command -v python3 >/dev/null; then
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  else
+    local p
+    while p=$((20000 + RANDOM % 20000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do :; done
+    echo "$p"
+  fi
+}
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "building secrets-sidecar"
@@ -17,43 +32,58 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-
-moto_port=$(free_port)
-step "starting the Secrets Manager emulator (moto) on 127.0.0.1:$moto_port"
-.venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
-pids+=($!)
-export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_SECRETS_MANAGER="http://127.0.0.1:$moto_port"
-for _ in $(seq 100); do curl -fs "$AWS_ENDPOINT_URL_SECRETS_MANAGER/moto-api/" >/dev/null 2>&1 && break; sleep 0.1; done
-
-secret='rds!cluster-demo'
-step "creating the secret $secret"
-.venv/bin/python scripts/demo_sm.py create "$secret" '{"username":"app","password":"first-password"}'
-
 listen=127.0.0.1:$(free_port)
 mkdir -p "$work/secrets"
-step "starting the sidecar: --secret db=$secret --refresh-interval 2s --output-dir $work/secrets"
-"$bin" --secret "db=$secret" --refresh-interval 2s --output-dir "$work/secrets" --listen "$listen" \
-  --log-format text >"$work/sidecar.log" 2>&1 &
-pids+=($!)
+
+if [[ $mode == emulator ]]; then
+  moto_port=$(free_port)
+  step "starting the Secrets Manager emulator (moto) on 127.0.0.1:$moto_port"
+  .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+  pids+=($!)
+  export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  export AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_SECRETS_MANAGER="http://127.0.0.1:$moto_port"
+  for _ in $(seq 100); do curl -fs "$AWS_ENDPOINT_URL_SECRETS_MANAGER/moto-api/" >/dev/null 2>&1 && break; sleep 0.1; done
+  secret='rds!cluster-demo'
+  step "creating the secret $secret"
+  .venv/bin/python scripts/demo_sm.py create "$secret" '{"username":"app","password":"first-password"}'
+  step "starting the sidecar: --secret db=$secret --refresh-interval 2s --output-dir $work/secrets"
+  "$bin" --secret "db=$secret" --refresh-interval 2s --output-dir "$work/secrets" --listen "$listen" \
+    --log-format text >"$work/sidecar.log" 2>&1 &
+  pids+=($!)
+else
+  dev=$work/dev-secrets.json
+  echo '{"db": {"username": "app", "password": "first-password"}}' >"$dev"
+  step "starting the sidecar on a local dev file (no AWS, no emulator): --dev-secrets $dev"
+  "$bin" --dev-secrets "$dev" --output-dir "$work/secrets" --listen "$listen" \
+    --log-format text >"$work/sidecar.log" 2>&1 &
+  pids+=($!)
+fi
 until "$bin" healthcheck --listen "$listen" 2>/dev/null; do sleep 0.2; done
 token=$(cat "$work/secrets/.token")
 
+get() { curl -fsS -H "X-Secrets-Sidecar-Token: $token" "http://$listen$1"; }
 show() {
   echo "file  $work/secrets/db.json:"
   echo "      $(cat "$work/secrets/db.json")"
   echo "HTTP  GET /v1/secrets/db:"
-  echo "      $(curl -fsS -H "X-Secrets-Sidecar-Token: $token" "http://$listen/v1/secrets/db")"
+  echo "      $(get /v1/secrets/db)"
   echo "HTTP  GET /v1/secrets/db/password:"
-  echo "      $(curl -fsS -H "X-Secrets-Sidecar-Token: $token" "http://$listen/v1/secrets/db/password")"
+  echo "      $(get /v1/secrets/db/password)"
 }
 step "ready; what the app sees"
 show
 
-step "rotating the secret (PutSecretValue AWSPENDING, then UpdateSecretVersionStage AWSCURRENT)"
-.venv/bin/python scripts/demo_sm.py rotate "$secret" '{"username":"app","password":"second-password"}'
+if [[ $mode == emulator ]]; then
+  step "rotating the secret (PutSecretValue AWSPENDING, then UpdateSecretVersionStage AWSCURRENT)"
+  .venv/bin/python scripts/demo_sm.py rotate "$secret" '{"username":"app","password":"second-password"}'
+  what="within one refresh interval"
+else
+  step "editing the dev file, as a rotation would change the secret"
+  echo '{"db": {"username": "app", "password": "second-password"}}' >"$dev.tmp" && mv "$dev.tmp" "$dev"
+  what="within a fraction of a second"
+fi
 for _ in $(seq 50); do grep -q second-password "$work/secrets/db.json" && break; sleep 0.1; done
-step "within one refresh interval the file and the endpoint changed"
+step "$what the file and the endpoint changed"
 show
 
 step "health (no token needed)"

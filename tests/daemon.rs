@@ -465,3 +465,60 @@ async fn leftover_temp_files_of_a_crash_are_removed_at_start() {
     assert!(!leftover.exists());
     assert!(dir.path().join("unrelated.txt").exists());
 }
+
+#[tokio::test]
+async fn the_sdks_own_endpoint_variable_works_without_the_flag() {
+    let moto = Moto::start().await;
+    let sm = moto.client().await;
+    create_secret(&sm, "db", &creds("env")).await;
+    let sidecar = Sidecar::builder(&moto).secret("db", "db").endpoint_via_env().spawn().await;
+    sidecar.wait_ready().await;
+    assert_eq!(sidecar.read_file("db.json").unwrap(), creds("env"));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_on_stdout() {
+    let moto = Moto::start().await;
+    let sm = moto.client().await;
+    create_secret(&sm, "db", &creds("j")).await;
+    let sidecar =
+        Sidecar::builder(&moto).secret("db", "db").log_format("json").env("SIDECAR_LOG", "info").spawn().await;
+    sidecar.wait_ready().await;
+    let log = sidecar.log_text();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let published = lines.iter().find(|l| l["message"] == "published new version").expect("a publish line");
+    assert_eq!(published["secret"], "db");
+    assert_eq!(published["level"], "INFO");
+    assert!(published["timestamp"].is_string());
+}
+
+#[tokio::test]
+async fn file_owner_and_mode_flags_are_applied_before_the_content() {
+    let moto = Moto::start().await;
+    let sm = moto.client().await;
+    create_secret(&sm, "db", &creds("o")).await;
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let mut sidecar = Sidecar::builder(&moto)
+        .secret("db", "db")
+        .arg("--file-uid")
+        .arg("1234")
+        .arg("--file-gid")
+        .arg("2345")
+        .arg("--file-mode")
+        .arg("0400")
+        .spawn()
+        .await;
+    if root {
+        sidecar.wait_ready().await;
+        for f in ["db.json", ".token"] {
+            let meta = std::fs::metadata(sidecar.dir().join(f)).unwrap();
+            assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1234, 2345, 0o400), "{f}");
+        }
+    } else {
+        // Without root, giving files away is refused: a clear error at start, not a half-published file.
+        let status = sidecar.wait_exit(Duration::from_secs(10)).await.expect("exits");
+        assert_eq!(status.code(), Some(1));
+        assert!(sidecar.log_text().contains("the sidecar must run as root to give files another owner"));
+    }
+}

@@ -144,6 +144,8 @@ pub async fn rotate(sm: &Client, id: &str, value: &str) -> String {
 
 pub struct SidecarBuilder {
     endpoint: Option<String>,
+    endpoint_via_env: bool,
+    log_format: &'static str,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     secrets: Vec<String>,
@@ -166,6 +168,18 @@ impl SidecarBuilder {
         self
     }
 
+    /// Point the SDK at the emulator through `AWS_ENDPOINT_URL_SECRETS_MANAGER`, not `--endpoint-url`.
+    pub fn endpoint_via_env(mut self) -> Self {
+        self.endpoint_via_env = true;
+        self
+    }
+
+    /// `--log-format` (the harness defaults to text; the daemon's default is json).
+    pub fn log_format(mut self, f: &'static str) -> Self {
+        self.log_format = f;
+        self
+    }
+
     /// Use this output directory instead of a fresh temporary one.
     pub fn dir(mut self, dir: &Path) -> Self {
         self.dir = Some(dir.to_path_buf());
@@ -185,10 +199,12 @@ impl SidecarBuilder {
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--log-format")
-            .arg("text");
-        if let Some(e) = &self.endpoint {
-            cmd.arg("--endpoint-url").arg(e);
-        }
+            .arg(self.log_format);
+        match (&self.endpoint, self.endpoint_via_env) {
+            (Some(e), false) => cmd.arg("--endpoint-url").arg(e),
+            (Some(e), true) => cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", e),
+            (None, _) => &mut cmd,
+        };
         for s in &self.secrets {
             cmd.arg("--secret").arg(s);
         }
@@ -232,12 +248,20 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn builder(moto: &Moto) -> SidecarBuilder {
-        SidecarBuilder { endpoint: Some(moto.endpoint()), args: vec![], envs: vec![], secrets: vec![], dir: None }
+        SidecarBuilder { endpoint: Some(moto.endpoint()), ..Self::builder_without_aws() }
     }
 
     /// A sidecar not pointed at any emulator (for --dev-secrets).
     pub fn builder_without_aws() -> SidecarBuilder {
-        SidecarBuilder { endpoint: None, args: vec![], envs: vec![], secrets: vec![], dir: None }
+        SidecarBuilder {
+            endpoint: None,
+            endpoint_via_env: false,
+            log_format: "text",
+            args: vec![],
+            envs: vec![],
+            secrets: vec![],
+            dir: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
