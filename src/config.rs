@@ -109,8 +109,9 @@ pub struct Settings {
     pub log_format: LogFormat,
 
     /// Token required in X-Secrets-Sidecar-Token [default: 32 random bytes, written to DIR/.token].
-    #[arg(long, env = "SIDECAR_TOKEN", hide_env_values = true, global = true, conflicts_with = "no_token")]
-    pub token: Option<String>,
+    #[arg(long, env = "SIDECAR_TOKEN", hide_env_values = true, global = true, conflicts_with = "no_token",
+          value_parser = parse_secret)]
+    pub token: Option<SecretString>,
 
     /// Serve /v1/ without a token. For local experiments only.
     #[arg(long, env = "SIDECAR_NO_TOKEN", global = true)]
@@ -235,6 +236,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 60s, 5m, 1h30m)"))
 }
 
+/// Wraps the token as soon as clap has it, so not even `Debug` of the parsed command line shows it.
+fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     match u32::from_str_radix(digits, 8) {
@@ -350,8 +356,8 @@ impl Settings {
         }
         let token = match (&self.token, self.no_token) {
             (_, true) => TokenSetting::Disabled,
-            (Some(t), false) if t.is_empty() => return Err(ConfigError::EmptyToken),
-            (Some(t), false) => TokenSetting::Given(SecretString::from(t.clone())),
+            (Some(t), false) if t.expose().is_empty() => return Err(ConfigError::EmptyToken),
+            (Some(t), false) => TokenSetting::Given(t.clone()),
             (None, false) => TokenSetting::Generate,
         };
         if let Some(url) = &self.endpoint_url
@@ -474,10 +480,13 @@ mod tests {
     #[test]
     fn token_debug_is_redacted() {
         let s = settings(&["--secret", "db=a", "--token", "hunter2-hunter2"]).unwrap();
+        let raw = format!("{s:?}");
+        assert!(!raw.contains("hunter2"), "the parsed command line: {raw}");
         let c = s.validate().unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("Given(<redacted>)"));
+        assert!(matches!(c.token, TokenSetting::Given(t) if t.expose() == "hunter2-hunter2"));
     }
 
     #[test]

@@ -73,11 +73,11 @@ async fn rotation_reaches_file_and_http_within_one_refresh_interval() {
     assert_eq!(std::fs::metadata(sidecar.dir().join("db.json")).unwrap().ino(), inode);
 
     let new_version = rotate(&sm, "prod/app/db", &creds("new")).await;
-    // One interval plus its 10% jitter, plus a little for the round trip.
+    // One interval plus its 10% jitter, plus the round trip and publish on a loaded 2-core machine.
     sidecar
         .wait_for(
             "the rotated value in the file and on HTTP",
-            interval.mul_f64(1.1) + Duration::from_millis(800),
+            interval.mul_f64(1.1) + Duration::from_millis(1500),
             async || {
                 sidecar.read_file("db.json").as_deref() == Some(creds("new").as_str())
                     && sidecar.get("/v1/secrets/db").await.text().await.unwrap() == creds("new")
