@@ -50,6 +50,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(crate::health::healthz))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route") })
         .layer(middleware::from_fn(refuse_forwarded))
@@ -85,6 +86,10 @@ impl IntoResponse for ApiError {
         res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         res
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    no_store(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.poller.metrics().encode()).into_response())
 }
 
 async fn refuse_forwarded(req: Request, next: Next) -> Response {

@@ -11,6 +11,7 @@
 //! - [`store`]: the current state of every secret, and the readiness latch.
 //! - [`http`]: the token-protected `/v1/` API, served from the store.
 //! - [`health`]: `/healthz` and the `healthcheck` probe.
+//! - [`metrics`]: Prometheus counters and gauges at `/metrics`.
 //! - [`shutdown`]: signals and the shutdown grace period.
 //! - [`secret`], [`backoff`]: redacting value types; jitter and backoff arithmetic.
 
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod poller;
 pub mod publish;
 pub mod secret;

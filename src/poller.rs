@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::{DEFAULT_BACKOFF_BASE, backoff, jittered, unit_random};
 use crate::config::{Config, Format, ROTATION_FAST_POLL_CAP, SecretSpec};
+use crate::metrics::{CheckResult, Metrics, Operation};
 use crate::publish::{Outcome, PublishError, Publisher};
 use crate::source::{FetchError, Fetched, Source};
 use crate::store::{Mode, Store, Version};
@@ -117,6 +118,7 @@ struct SecretCtl {
 
 struct Inner {
     source: Source,
+    metrics: Arc<Metrics>,
     store: Arc<Store>,
     publisher: Publisher,
     timing: Timing,
@@ -152,7 +154,13 @@ impl Poller {
                 (spec.name.clone(), Arc::new(ctl))
             })
             .collect();
-        Poller { inner: Arc::new(Inner { source, store, publisher, timing, secrets }) }
+        let metrics = Arc::new(Metrics::default());
+        Poller { inner: Arc::new(Inner { source, metrics, store, publisher, timing, secrets }) }
+    }
+
+    /// What the checks so far counted, for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Starts one loop per secret on `tracker`; each stops when `cancel` fires. The first checks run at
@@ -183,8 +191,10 @@ impl Poller {
             // began just after the last forced check is seen seconds later rather than an interval later.
             state.deferred_until = Some(t + self.inner.timing.min_refresh_gap);
             ctl.reschedule.notify_one();
+            self.inner.metrics.forced(name, false);
             return Some(Ok(self.inner.report(&ctl.spec, false, false)));
         }
+        self.inner.metrics.forced(name, true);
         state.last_forced = Some(now);
         let result = self.inner.check(&ctl, &mut state).await;
         if let Ok(report) = &result
@@ -245,6 +255,9 @@ impl Inner {
         let name = &ctl.spec.name;
         match result {
             Ok(report) => {
+                let result = if report.changed { CheckResult::changed } else { CheckResult::unchanged };
+                self.metrics.check(name, result);
+                self.metrics.success(name, SystemTime::now(), report.rotation_in_progress);
                 state.failures = 0;
                 let was_rotating = state.rotation_seen_at.is_some();
                 match (report.rotation_in_progress, was_rotating) {
@@ -275,6 +288,7 @@ impl Inner {
                 });
             }
             Err(err) => {
+                self.metrics.check(name, CheckResult::error);
                 let delay = backoff(state.failures, DEFAULT_BACKOFF_BASE, self.timing.refresh_interval, unit_random());
                 state.failures = state.failures.saturating_add(1);
                 state.next_delay = delay;
@@ -301,13 +315,19 @@ impl Inner {
         }
     }
 
+    /// Awaits one source call, counting it (a dev-file read counts as the call it stands in for).
+    async fn counted<T>(&self, spec: &SecretSpec, op: Operation, call: impl Future<Output = T>) -> T {
+        self.metrics.api_call(&spec.name, op);
+        call.await
+    }
+
     /// One check of one secret. The caller holds the secret's lock.
     async fn check(&self, ctl: &SecretCtl, state: &mut CheckState) -> Result<RefreshReport, CheckError> {
         let spec = &ctl.spec;
         let held = self.store.get(&spec.name).and_then(|s| s.current.map(|v| v.id.clone()));
 
         if state.mode == Mode::Describe {
-            match self.source.describe(spec).await {
+            match self.counted(spec, Operation::DescribeSecret, self.source.describe(spec)).await {
                 Ok(labels) => {
                     let changed = if held.as_deref() == Some(labels.current.as_str()) {
                         false
@@ -316,7 +336,8 @@ impl Inner {
                     {
                         return Err(CheckError::Invalid { version_id: v.clone(), reason: reason.clone() });
                     } else {
-                        let fetched = self.source.get_version(spec, &labels.current).await?;
+                        let get = self.source.get_version(spec, &labels.current);
+                        let fetched = self.counted(spec, Operation::GetSecretValue, get).await?;
                         self.publish_current(spec, state, fetched).await?
                     };
                     self.track_pending(spec, labels.pending).await;
@@ -332,7 +353,7 @@ impl Inner {
             }
         }
 
-        let fetched = self.source.get_current(spec).await?;
+        let fetched = self.counted(spec, Operation::GetSecretValue, self.source.get_current(spec)).await?;
         let changed = if held.as_deref() == Some(fetched.version_id.as_str()) {
             false
         } else {
@@ -375,7 +396,7 @@ impl Inner {
                 self.store.update(&spec.name, |s| s.rotation_in_progress = true);
                 return;
             }
-            Some(id) => match self.source.get_version(spec, &id).await {
+            Some(id) => match self.counted(spec, Operation::GetSecretValue, self.source.get_version(spec, &id)).await {
                 Ok(f) => match validate(spec.format, &f) {
                     Ok(()) => Some(Arc::new(Version { id: f.version_id, value: f.value, since: SystemTime::now() })),
                     Err(reason) => {
@@ -490,6 +511,15 @@ mod tests {
         let second = p.refresh_now("db").await.unwrap().unwrap();
         assert!(!second.changed && second.fetched);
         assert_eq!((d.num_calls(), g.num_calls()), (2, 1));
+        let metrics = p.metrics().encode();
+        for line in [
+            r#"secrets_sidecar_api_calls_total{secret="db",operation="DescribeSecret"} 2"#,
+            r#"secrets_sidecar_api_calls_total{secret="db",operation="GetSecretValue"} 1"#,
+            r#"secrets_sidecar_checks_total{secret="db",result="changed"} 1"#,
+            r#"secrets_sidecar_checks_total{secret="db",result="unchanged"} 1"#,
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
+        }
         assert_eq!(store.get("db").unwrap().current.unwrap().id, "v1");
         assert_eq!(std::fs::read(dir.path().join("db.json")).unwrap(), br#"{"password":"a"}"#);
     }

@@ -52,6 +52,12 @@ async fn start_publishes_file_with_mode_and_serves_the_same_body() {
         .unwrap();
     assert_eq!(not_modified.status(), 304);
 
+    let metrics = reqwest::get(sidecar.url("/metrics")).await.unwrap();
+    assert_eq!(metrics.status(), 200, "metrics need no token");
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains(r#"secrets_sidecar_checks_total{secret="db",result="changed"} 1"#), "{metrics}");
+    assert!(!metrics.contains("p1"), "metrics carry no value");
+
     let list: Value = sidecar.get("/v1/secrets").await.json().await.unwrap();
     assert_eq!(list["secrets"][0]["name"], "db");
     assert_eq!(list["secrets"][0]["version_id"], version.as_str());

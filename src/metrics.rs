@@ -1,0 +1,148 @@
+//! Prometheus metrics, served at `GET /metrics` without a token like `/healthz`: they hold secret names,
+//! counts and times, never a value or a version's content.
+//!
+//! What a platform team alerts on: `secrets_sidecar_last_success_timestamp_seconds` far in the past (a task
+//! cut off from Secrets Manager, which `/healthz` deliberately does not turn red for), a rising
+//! `secrets_sidecar_checks_total{result="error"}`, and the API calls a fleet makes
+//! (`secrets_sidecar_api_calls_total`, the number that turns into the bill).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CheckResult {
+    unchanged,
+    changed,
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Operation {
+    DescribeSecret,
+    GetSecretValue,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub secret: String,
+    pub result: CheckResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub secret: String,
+    pub operation: Operation,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForcedLabels {
+    pub secret: String,
+    /// "true" when the forced refresh asked the source, "false" inside --min-refresh-gap.
+    pub fetched: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    pub secret: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    checks: Family<CheckLabels, Counter>,
+    api_calls: Family<CallLabels, Counter>,
+    forced: Family<ForcedLabels, Counter>,
+    last_success: Family<SecretLabel, Gauge>,
+    rotation: Family<SecretLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("secrets_sidecar");
+        let m = Metrics {
+            checks: Family::default(),
+            api_calls: Family::default(),
+            forced: Family::default(),
+            last_success: Family::default(),
+            rotation: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("checks", "Checks of a secret, by result", m.checks.clone());
+        registry.register("api_calls", "Secrets Manager calls made, by operation", m.api_calls.clone());
+        registry.register("forced_refreshes", "POST /v1/secrets/NAME/refresh calls", m.forced.clone());
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful check",
+            m.last_success.clone(),
+        );
+        registry.register("rotation_in_progress", "1 while AWSPENDING is on another version", m.rotation.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+fn label(secret: &str) -> SecretLabel {
+    SecretLabel { secret: secret.to_owned() }
+}
+
+impl Metrics {
+    pub fn check(&self, secret: &str, result: CheckResult) {
+        self.checks.get_or_create(&CheckLabels { secret: secret.to_owned(), result }).inc();
+    }
+
+    pub fn api_call(&self, secret: &str, operation: Operation) {
+        self.api_calls.get_or_create(&CallLabels { secret: secret.to_owned(), operation }).inc();
+    }
+
+    pub fn forced(&self, secret: &str, fetched: bool) {
+        self.forced.get_or_create(&ForcedLabels { secret: secret.to_owned(), fetched: fetched.to_string() }).inc();
+    }
+
+    pub fn success(&self, secret: &str, at: SystemTime, rotation_in_progress: bool) {
+        let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.last_success.get_or_create(&label(secret)).set(i64::try_from(secs).unwrap_or(i64::MAX));
+        self.rotation.get_or_create(&label(secret)).set(i64::from(rotation_in_progress));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_what_was_recorded() {
+        let m = Metrics::default();
+        m.check("db", CheckResult::changed);
+        m.check("db", CheckResult::unchanged);
+        m.check("db", CheckResult::unchanged);
+        m.api_call("db", Operation::DescribeSecret);
+        m.forced("db", false);
+        m.success("db", UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000), true);
+        let text = m.encode();
+        for line in [
+            r#"secrets_sidecar_checks_total{secret="db",result="unchanged"} 2"#,
+            r#"secrets_sidecar_checks_total{secret="db",result="changed"} 1"#,
+            r#"secrets_sidecar_api_calls_total{secret="db",operation="DescribeSecret"} 1"#,
+            r#"secrets_sidecar_forced_refreshes_total{secret="db",fetched="false"} 1"#,
+            r#"secrets_sidecar_last_success_timestamp_seconds{secret="db"} 1700000000"#,
+            r#"secrets_sidecar_rotation_in_progress{secret="db"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
