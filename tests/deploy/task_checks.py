@@ -15,7 +15,7 @@ APP = "app"
 VOLUME = "secrets"
 SIDECAR_UID = 65532
 APP_GID = 1000
-# The defaults of the daemon (docs/CONTRACT.md), used when the task sets no env var for them.
+# The defaults of the daemon (README, "Configuration"), used when the task sets no env var for them.
 DEFAULT_LISTEN = "127.0.0.1:2773"
 DEFAULT_OUTPUT_DIR = "/secrets"
 # `secrets-sidecar healthcheck` gives up on /healthz after 2 s (issue 2); ECS's timeout must be
