@@ -137,7 +137,8 @@ impl Publisher {
             && meta.mode() & 0o7777 == self.options.mode
             && owner_ok
             && meta.len() == content.len() as u64
-            && fs::read(target).is_ok_and(|old| old == content)
+            // The old file holds a secret too: zeroed when the comparison is done, like every value.
+            && fs::read(target).map(zeroize::Zeroizing::new).is_ok_and(|old| *old == content)
     }
 }
 
