@@ -1,10 +1,7 @@
 # frozen_string_literal: true
 
 require "test_helper"
-require "secrets_sidecar/active_record"
-
-# Loading Base runs the on_load hooks, which (on 6.1) require the mysql2 and postgresql adapters.
-ActiveRecord::Base
+require "adapters_helper"
 
 # Unit tests of the ActiveRecord hook: configuration, what reaches the driver, error classification and
 # the retry policy. The driver calls are replaced by blocks here; tests/rails_rotation.rs runs the same hook
@@ -44,9 +41,8 @@ class ActiveRecordHookTest < Minitest::Test
   # --- installation ---------------------------------------------------------------------------------
 
   def test_requiring_installs_the_hooks_on_the_adapters
-    ActiveRecord::Base # runs on_load(:active_record)
-    assert_includes AR.installed, :mysql2
-    assert_includes AR.installed, :postgresql
+    expected = AR71 ? %i[mysql2 trilogy postgresql] : %i[mysql2 postgresql]
+    assert_equal expected, AR.installed
     assert ActiveRecord::ConnectionAdapters::Mysql2Adapter.singleton_class.ancestors.include?(AR::MysqlNewClient)
     assert_includes ActiveRecord::ConnectionAdapters::Mysql2Adapter.singleton_class.ancestors.first(2),
                     AR::MysqlNewClient
@@ -112,8 +108,7 @@ class ActiveRecordHookTest < Minitest::Test
   end
 
   def test_postgresql_connection_on_6_1_carries_the_settings_to_new_client
-    skip "6.1/7.0 path" if ActiveRecord.gem_version >= Gem::Version.new("7.1")
-    ActiveRecord::Base
+    skip "6.1/7.0 only; 7.1+ is AdapterPathsTest#test_postgresql_7_1_adapter_carries_the_settings_to_new_client" if AR71
     seen = nil
     original = PG.singleton_class.instance_method(:connect)
     PG.singleton_class.define_method(:connect) do |*_a, **kw|

@@ -26,6 +26,19 @@
 #   settings on the parameter hash object itself (an instance variable, invisible to libpq), set from
 #   postgresql_connection (6.1/7.0) or from the adapter's initialize (7.1+), so reconnects (which call
 #   new_client(@connection_parameters) again) find them.
+# * postgresql reconnects: the adapter's `reconnect!` (6.1/7.0) or `reconnect` (7.1+) first calls libpq's
+#   `PG::Connection#reset`, which logs in again with the options of the original login, password included,
+#   and reaches new_client only when that fails. After a rotation every reconnect would first send the
+#   rotated-out password (a failed-authentication event on the server; or, while the old password still
+#   works, a session that silently stays on it). For a connection that uses the hook, the raw connection
+#   is closed first, so the adapter's own fallback (`rescue PG::ConnectionBad` → connect) opens a fresh one
+#   through new_client, with the file's credentials. A reset costs the same new login; nothing is lost.
+# * the retry budget: ActiveRecord 7.1+ `AbstractAdapter#reconnect!` retries any ConnectionNotEstablished
+#   `connection_retries` times (default 1), and every login error the hook re-raises is one, so the hook's
+#   whole loop would run again (6 logins, ~5 s). `reconnect!` is wrapped to open a Budget shared by the
+#   hook's calls within it: once the hook has given up, Rails' retry gets the same error at once, without
+#   a login. A retry after an error that is not an authentication failure (a killed connection, a refused
+#   TCP connect) still connects normally, within the same 3 logins.
 
 require "active_record"
 require "secrets_sidecar"
@@ -43,9 +56,58 @@ module SecretsSidecar
     PG_AUTH_MESSAGE = /password authentication failed|authentication failed for user/i.freeze
     PG_SETTINGS_IVAR = :@__secrets_sidecar_settings
 
+    BUDGET_KEY = :__secrets_sidecar_budget
+
     # Raised instead of a bare errno when the credentials cannot be read. A ConnectionNotEstablished, so
     # ActiveRecord and apps treat it as what it is.
     class CredentialsUnavailable < ::ActiveRecord::ConnectionNotEstablished; end
+
+    # The logins one new connection may cost: at most MAX_ATTEMPTS, retries within RETRY_BUDGET seconds of
+    # the first refused login. One Budget lives for one `connect`, or for one `reconnect!` on ActiveRecord
+    # 7.1+, whose own retry calls `connect` again (see ReconnectBudget).
+    class Budget
+      attr_reader :attempts, :first_error, :deadline
+
+      def initialize
+        @attempts = 0
+        @refused = []
+        @first_error = nil
+        @deadline = nil
+        @gave_up = false
+      end
+
+      def attempted
+        @attempts += 1
+      end
+
+      # An authentication failure with these credentials: never try them again within this budget.
+      def refused(creds, error, now)
+        @refused << creds
+        @first_error ||= error
+        @deadline ||= now + RETRY_BUDGET
+      end
+
+      def refused?(creds)
+        @refused.any? { |r| r.same_login?(creds) }
+      end
+
+      def spent?
+        @attempts >= MAX_ATTEMPTS
+      end
+
+      def give_up!
+        @gave_up = true
+      end
+
+      def gave_up?
+        @gave_up
+      end
+
+      def inspect
+        "#<#{self.class.name} attempts=#{@attempts} refused=#{@refused.size} gave_up=#{@gave_up}>"
+      end
+      alias to_s inspect
+    end
 
     # Parsed `secrets_sidecar:` block. Holds paths and a URL, no secret.
     class Settings
@@ -205,54 +267,81 @@ module SecretsSidecar
       # Opens a connection with credentials from the sidecar. Yields the config to pass to the original
       # new_client; returns what it returns.
       def connect(config, settings, kind)
+        budget = Thread.current[BUDGET_KEY] || Budget.new
+        if budget.gave_up?
+          # ActiveRecord 7.1+ retrying the reconnect! in which the hook already gave up: the same answer,
+          # without another login.
+          raise budget.first_error
+        end
+
         source = source_for(settings)
         candidates = begin
           source.initial_candidates
         rescue SecretsSidecar::Error => e
           raise CredentialsUnavailable, e.message
         end
-        tried = []
-        first_error = nil
-        deadline = nil
         round = 0
         loop do
           creds = candidates.shift
-          creds = candidates.shift while creds && tried.any? { |t| t.same_login?(creds) }
+          creds = candidates.shift while creds && budget.refused?(creds)
           if creds.nil?
-            break if first_error.nil? || tried.size >= MAX_ATTEMPTS
+            break if budget.first_error.nil? || budget.spent?
 
-            creds = discover(source, tried, deadline, round)
+            creds = discover(source, budget, round)
             round += 1
             break unless creds
           end
-          tried << creds
+          budget.attempted
           begin
             client = yield apply(config, creds, kind)
             source.succeeded(creds)
-            recovered(settings, creds, tried.size) if first_error
+            recovered(settings, creds, budget.attempts) if budget.first_error
             return client
           rescue StandardError => e
             raise unless auth_failure?(e)
 
             source.failed(creds)
-            first_error ||= e
-            deadline ||= monotonic + RETRY_BUDGET
+            budget.refused(creds, e, monotonic)
             warn("authentication failed for user #{creds.username.inspect} with the #{describe(creds)} " \
-                 "(attempt #{tried.size}/#{MAX_ATTEMPTS}, #{settings.file})")
-            break if tried.size >= MAX_ATTEMPTS
+                 "(attempt #{budget.attempts}/#{MAX_ATTEMPTS}, #{settings.file})")
+            break if budget.spent?
           end
         end
-        warn("giving up after #{tried.size} attempt(s); raising the original error (#{settings.file})") if first_error
-        raise first_error
+        raise CredentialsUnavailable, "secrets_sidecar: no credentials to try (#{settings.file})" unless budget.first_error
+
+        budget.give_up!
+        warn("giving up after #{budget.attempts} attempt(s); raising the original error (#{settings.file})")
+        raise budget.first_error
+      end
+
+      # Runs the block with one Budget for every connect inside it (ReconnectBudget). Nested calls share
+      # the outer one.
+      def with_budget
+        return yield if Thread.current[BUDGET_KEY]
+
+        Thread.current[BUDGET_KEY] = Budget.new
+        begin
+          yield
+        ensure
+          Thread.current[BUDGET_KEY] = nil
+        end
+      end
+
+      # Closes a driver connection without raising (it may be closed or broken already).
+      def close_quietly(raw)
+        raw&.close
+      rescue StandardError
+        nil
       end
 
       private
 
       # Finds credentials not yet tried: ask the sidecar to refresh, re-read the file, and during a rotation
       # the AWSPENDING value. Sleeps with backoff between rounds while the budget lasts. nil: nothing new.
-      def discover(source, tried, deadline, round)
+      def discover(source, budget, round)
+        deadline = budget.deadline
         loop do
-          fresh = ->(c) { c && tried.none? { |t| t.same_login?(c) } }
+          fresh = ->(c) { c && !budget.refused?(c) }
           answer = nil
           if source.client
             begin
@@ -397,11 +486,44 @@ module SecretsSidecar
       end
     end
 
+    # Prepended on every hooked adapter class: one Budget for a whole `reconnect!`, whose 7.1+ retry loop
+    # calls the hook again after it gave up. Harmless on 6.1/7.0, which do not retry.
+    module ReconnectBudget
+      def reconnect!(*args, **kwargs)
+        SecretsSidecar::ActiveRecord.with_budget { super }
+      end
+    end
+
+    # Prepended on PostgreSQLAdapter 7.1+: its private `reconnect` calls `@raw_connection.reset` (the old
+    # password) before `connect`. Without a raw connection it goes straight to `connect` → new_client.
+    module PostgresReconnect
+      private
+
+      def reconnect
+        if SecretsSidecar::ActiveRecord.settings_from(@config)
+          SecretsSidecar::ActiveRecord.close_quietly(@raw_connection)
+          @raw_connection = nil
+        end
+        super
+      end
+    end
+
+    # Prepended on PostgreSQLAdapter 6.1/7.0: `reconnect!` calls `@connection.reset` and falls back to
+    # `connect` (→ new_client) on PG::ConnectionBad, which a closed connection's reset raises at once,
+    # without contacting the server.
+    module PostgresReconnectBang
+      def reconnect!(*args, **kwargs)
+        SecretsSidecar::ActiveRecord.close_quietly(@connection) if SecretsSidecar::ActiveRecord.settings_from(@config)
+        super
+      end
+    end
+
     class << self
       def install_mysql(adapter_class)
         return if adapter_class.singleton_class.include?(MysqlNewClient)
 
         adapter_class.singleton_class.prepend(MysqlNewClient)
+        install_reconnect_budget(adapter_class)
       end
 
       def install_postgresql(adapter_class)
@@ -413,6 +535,22 @@ module SecretsSidecar
         elsif ::ActiveRecord::Base.respond_to?(:postgresql_connection)
           ::ActiveRecord::Base.singleton_class.prepend(PostgresConnectionHandling)
         end
+        install_reconnect_guard(adapter_class)
+        install_reconnect_budget(adapter_class)
+      end
+
+      # Never let libpq's reset log in with the password of a connection's first login (see the header).
+      def install_reconnect_guard(adapter_class)
+        if adapter_class.private_method_defined?(:reconnect, false)
+          adapter_class.prepend(PostgresReconnect)
+        else
+          adapter_class.prepend(PostgresReconnectBang)
+        end
+      end
+
+      # One retry budget per reconnect!, across ActiveRecord 7.1+'s own retries (see the header).
+      def install_reconnect_budget(adapter_class)
+        adapter_class.prepend(ReconnectBudget)
       end
 
       # Which hooks were installed (for tests and `rails runner` checks).
