@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs that cargo does not fetch itself:
 #  - the pinned Python tools (moto's Secrets Manager emulator, ...) in ./.venv;
-#  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord).
+#  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord);
+#  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord 7.2), a debootstrap root cached outside the
+#    clone (scripts/trixie-root.sh).
 # Idempotent: a second run only checks.
 # --emulator-only: just the Python venv (what `make demo` needs).
 set -euo pipefail
@@ -9,7 +11,7 @@ cd "$(dirname "$0")/.."
 emulator_only=false
 [[ ${1:-} == --emulator-only ]] && emulator_only=true
 
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg binutils)
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg binutils debootstrap)
 
 missing=()
 $emulator_only && DEB_PACKAGES=()
@@ -43,3 +45,5 @@ if [[ $(cat .venv/.requirements.sha256 2>/dev/null) != "$want" ]]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-test.txt
   echo "$want" > .venv/.requirements.sha256
 fi
+
+$emulator_only || scripts/trixie-root.sh

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Every test of the project, in one run: the Rust unit and integration tests (moto, real MariaDB and
-# PostgreSQL, real Ruby), the Ruby unit tests, the deployment-file tests and the release-binary checks.
+# PostgreSQL, real Ruby on two stacks), the Ruby unit tests on both stacks, the deployment-file tests
+# and the release-binary checks.
 # `make test` runs scripts/install-test-deps.sh first; this script assumes it ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 export MOTO_SERVER="$root/.venv/bin/moto_server"
+# The Debian 13 root (Ruby 3.3, ActiveRecord 7.2) that scripts/install-test-deps.sh built.
+SIDECAR_TRIXIE_ROOT=$(scripts/trixie-root.sh --path)
+export SIDECAR_TRIXIE_ROOT
 target=${CARGO_TARGET_DIR:-$root/target}
 
 echo "==> cargo test (unit, integration against moto, end-to-end on MariaDB/PostgreSQL)"
 cargo test --locked --all-targets --no-fail-fast
 
-echo "==> Ruby unit tests (contrib/ruby)"
-ruby -w contrib/ruby/test/run.rb
+scripts/ruby-unit-tests.sh
 
 echo "==> deployment files (tests/deploy)"
 # check-config of the task definition's environment runs against the binary cargo test just built.
