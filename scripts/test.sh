@@ -13,7 +13,9 @@ export SIDECAR_TRIXIE_ROOT
 target=${CARGO_TARGET_DIR:-$root/target}
 
 echo "==> cargo test (unit, integration against moto, end-to-end on MariaDB/PostgreSQL)"
-cargo test --locked --all-targets --no-fail-fast
+# --show-output: the end-to-end tests print their figures (queries, connections, rotations, refused and
+# stale logins, the failure budget per stack), which a passing run would otherwise swallow.
+cargo test --locked --all-targets --no-fail-fast -- --show-output
 
 scripts/ruby-unit-tests.sh
 

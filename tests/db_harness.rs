@@ -15,6 +15,8 @@ fn mariadb_password_change_rejects_old_password_for_new_logins() {
     assert!(!m.can_login(db::APP_USER, &old), "old password still accepted after ALTER USER");
     assert!(m.can_login(db::APP_USER, &new), "new password rejected after ALTER USER");
     assert_eq!(m.kill_connections(db::APP_USER), 0);
+    // The server's own count of refused logins, which the rotation tests rely on: exactly the two above.
+    assert_eq!(m.auth_failures(db::APP_USER), 2);
 }
 
 #[test]
@@ -27,6 +29,8 @@ fn postgres_password_change_rejects_old_password_for_new_logins() {
     p.set_password(db::APP_USER, &new);
     assert!(!p.can_login(db::APP_USER, &old), "old password still accepted after ALTER ROLE");
     assert!(p.can_login(db::APP_USER, &new), "new password rejected after ALTER ROLE");
+    // The server's own count of refused logins, which the rotation tests rely on: exactly the two above.
+    assert_eq!(p.auth_failures(db::APP_USER), 2);
 }
 
 #[test]

@@ -34,8 +34,11 @@ async fn file_follows_db(adapter: &str, set_password: Arc<dyn Fn(&str) + Send + 
     set_password(&passwords[0]);
     publish(&file, &passwords[0]);
 
-    let l =
-        load::Load::start(load::load_config(adapter, port, db::APP_DATABASE, "hook", json!({ "file": file }))).await;
+    let l = load::Load::start(
+        load::load_config(adapter, port, db::APP_DATABASE, "hook", json!({ "file": file })),
+        &load::Stack::Debian12,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..2 {
         let pw = db::random_password();
@@ -54,6 +57,7 @@ async fn file_follows_db(adapter: &str, set_password: Arc<dyn Fn(&str) + Send + 
     assert_eq!(s["query_failures"], 0, "failed queries:\n{s:#}\n{}", load::tail(&r.stderr));
     assert_eq!(s["connection_failures"], 0, "failed connections:\n{s:#}\n{}", load::tail(&r.stderr));
     assert!(s["driver_login_failures"].as_u64().unwrap() > 0, "no login failed: the password changes missed the load");
+    assert_eq!(s["stale_logins"], 0, "logins the hook did not choose (a rotated-out password):\n{s:#}");
     for pw in &passwords {
         assert!(!r.stderr.contains(pw.as_str()), "a password leaked into the Ruby process's output");
     }
@@ -62,7 +66,7 @@ async fn file_follows_db(adapter: &str, set_password: Arc<dyn Fn(&str) + Send + 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_hook_without_endpoint_rereads_the_file_after_a_failed_login() {
     let _serial = SERIAL.lock().await;
-    load::require_ruby("mysql2");
+    load::require_ruby("mysql2", &load::Stack::Debian12);
     let m = Arc::new(tokio::task::spawn_blocking(db::MariaDb::start).await.unwrap());
     let port = m.port();
     let m2 = m.clone();
@@ -72,7 +76,7 @@ async fn mysql2_hook_without_endpoint_rereads_the_file_after_a_failed_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_hook_without_endpoint_rereads_the_file_after_a_failed_login() {
     let _serial = SERIAL.lock().await;
-    load::require_ruby("postgresql");
+    load::require_ruby("postgresql", &load::Stack::Debian12);
     let p = Arc::new(tokio::task::spawn_blocking(db::Postgres::start).await.unwrap());
     let port = p.port();
     let p2 = p.clone();

@@ -81,6 +81,11 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Lines of a server log that contain `needle`.
+fn count_lines(path: &Path, needle: &str) -> usize {
+    fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+}
+
 fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -187,6 +192,9 @@ impl MariaDb {
             // A rotation test opens thousands of connections and fails some logins on purpose; keep the
             // server from blocking the host after repeated failures.
             .arg("--max-connect-errors=1000000")
+            // 3 and up log every refused login ("Access denied for user …") to the error log: the
+            // rotation tests count on the server side what the app must never cause.
+            .arg("--log-warnings=3")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -272,6 +280,11 @@ impl MariaDb {
         c.arg("--force");
         let _ = run_with_stdin(c, &stmts);
         ids.len()
+    }
+
+    /// Logins of `user` the server refused so far, counted in its own error log.
+    pub fn auth_failures(&self, user: &str) -> usize {
+        count_lines(&self.log, &format!("Access denied for user '{user}'@"))
     }
 
     /// Whether `user`/`password` can log in over TCP right now (what the app sees).
@@ -472,6 +485,12 @@ impl Postgres {
             sql_str(user)
         ));
         out.trim().parse().unwrap_or(0)
+    }
+
+    /// Logins of `user` the server refused so far, counted in its own log (FATAL lines are logged at
+    /// the server's default level).
+    pub fn auth_failures(&self, user: &str) -> usize {
+        count_lines(&self.log, &format!("password authentication failed for user \"{user}\""))
     }
 
     /// Whether `user`/`password` can log in over TCP right now.

@@ -1,7 +1,8 @@
 # frozen_string_literal: true
 
-# Load generator for tests/rails_rotation.rs: a Rails-like ActiveRecord process (Debian's activerecord 6.1
-# with mysql2 or pg) that keeps opening new connections while the test rotates the database password.
+# Load generator for tests/rails_rotation.rs: a Rails-like ActiveRecord process (Debian 12's activerecord
+# 6.1, or Debian 13's 7.2 inside its chroot, with mysql2 or pg) that keeps opening new connections while
+# the test rotates the database password.
 #
 #   LOAD_CONFIG='{"adapter":"mysql2","host":"127.0.0.1","port":3306,"database":"app",
 #                 "mode":"hook","secrets_sidecar":{"file":"/secrets/db.json","url":"...","token_file":"..."},
@@ -11,12 +12,19 @@
 # mode "hook": requires secrets_sidecar/active_record and configures the `secrets_sidecar:` block, as a
 # Rails app would in database.yml. mode "read_once": the negative control — the credentials file is read
 # once at boot into username/password (what ERB in database.yml does) and the hook is not loaded.
+# mode "budget": no load; one connection attempt through the pool, timed, for credentials that never
+# work (the test made sure of that), then the summary.
+# "without": names parts of the hook to leave out, for negative controls: "reconnect_guard" (PostgreSQL
+# reconnects reset the first login) and "reconnect_budget" (Rails 7.1+'s reconnect! retry runs the hook's
+# loop again).
 #
 # Each thread runs `SELECT 1` through the pool in a loop; every `reconnect_every` queries it calls
 # `reconnect!` on its connection (the adapter's reconnect path), and a separate thread calls
 # `connection_pool.disconnect!` every `disconnect_every` seconds, so pool connections are created all the
 # time. Counts queries, connections (new_client as ActiveRecord sees it, and driver logins underneath),
-# and failures. Prints {"event":"ready"} once queries flow, and a JSON summary on SIGTERM or when the stop
+# and failures. A driver login the hook did not make (libpq's `reset`, which re-sends the first login's
+# password, or any login outside the hook's connect) is a "stale login". On 7.1+ the query is sent with
+# allow_retry, so a connection the test kills server-side is reconnected by Rails itself. Prints {"event":"ready"} once queries flow, and a JSON summary on SIGTERM or when the stop
 # file appears. No password is printed: error messages are the drivers' ("Access denied for user ..."),
 # which never contain one.
 
@@ -42,10 +50,18 @@ db_config = {
   checkout_timeout: 10,
   reaping_frequency: nil,
 }
+without = cfg.fetch("without", [])
 case mode
-when "hook"
+when "hook", "budget"
   require "secrets_sidecar/active_record"
   db_config[:secrets_sidecar] = cfg.fetch("secrets_sidecar")
+  without.each do |part|
+    unless %w[reconnect_guard reconnect_budget].include?(part)
+      abort "load.rb: unknown part #{part.inspect} in without"
+    end
+    # Before any adapter loads: the install methods run from the adapters' load hooks.
+    SecretsSidecar::ActiveRecord.define_singleton_method("install_#{part}") { |_adapter_class| nil }
+  end
 when "read_once"
   secret = JSON.parse(File.read(cfg.fetch("secrets_sidecar").fetch("file")))
   db_config[:username] = secret.fetch("username")
@@ -90,19 +106,39 @@ counter = Module.new do
   end
 end
 
-# Logins underneath (driver level), including the hook's retries: shows how often the window was hit.
-ActiveRecord::Base # on_load hooks (6.1 requires the adapters from there in hook mode)
+# Which logins the hook makes: everything inside SecretsSidecar::ActiveRecord.connect.
+if defined?(SecretsSidecar::ActiveRecord)
+  SecretsSidecar::ActiveRecord.singleton_class.prepend(Module.new do
+    def connect(*args, **kw, &blk)
+      outer = Thread.current[:load_in_hook]
+      Thread.current[:load_in_hook] = true
+      super
+    ensure
+      Thread.current[:load_in_hook] = outer
+    end
+  end)
+end
+
+# One login at the driver level, including the hook's retries (shows how often a window was hit) and
+# libpq resets. In hook mode, a login outside the hook is stale: the hook did not pick its password.
+HOOKED = mode != "read_once"
+def driver_login
+  count("driver_logins")
+  count("stale_logins") if HOOKED && !Thread.current[:load_in_hook]
+  yield
+rescue StandardError
+  count("driver_login_failures")
+  raise
+end
+
+ActiveRecord.const_get(:Base) # on_load hooks (6.1 requires the adapters from there in hook mode)
 case adapter
 when "mysql2"
   require "active_record/connection_adapters/mysql2_adapter"
   ActiveRecord::ConnectionAdapters::Mysql2Adapter.singleton_class.prepend(counter)
   Mysql2::Client.prepend(Module.new do
     define_method(:initialize) do |*args|
-      count("driver_logins")
-      super(*args)
-    rescue StandardError
-      count("driver_login_failures")
-      raise
+      driver_login { super(*args) }
     end
   end)
 when "postgresql"
@@ -110,21 +146,54 @@ when "postgresql"
   ActiveRecord::ConnectionAdapters::PostgreSQLAdapter.singleton_class.prepend(counter)
   PG::Connection.singleton_class.prepend(Module.new do
     define_method(:new) do |*args, **kw, &blk|
-      count("driver_logins")
-      super(*args, **kw, &blk)
-    rescue StandardError
-      count("driver_login_failures")
-      raise
+      driver_login { super(*args, **kw, &blk) }
+    end
+  end)
+  # libpq's reset: a new login with the options (password included) of the connection's first one. On a
+  # closed connection it raises ConnectionBad at once, without contacting the server: no login (the
+  # hook's guard closes the connection so that 6.1/7.0's reconnect! falls back to new_client that way).
+  PG::Connection.prepend(Module.new do
+    define_method(:reset) do |*args|
+      finished? ? super(*args) : driver_login { super(*args) }
     end
   end)
 end
+ar71 = ActiveRecord.gem_version >= Gem::Version.new("7.1")
 
-if mode == "hook" && !SecretsSidecar::ActiveRecord.installed.include?(adapter == "mysql2" ? :mysql2 : :postgresql)
+if mode != "read_once" && !SecretsSidecar::ActiveRecord.installed.include?(adapter == "mysql2" ? :mysql2 : :postgresql)
   abort "load.rb: the secrets_sidecar hook is not installed on #{adapter}"
 end
 
 ActiveRecord::Base.establish_connection(db_config)
 pool = ActiveRecord::Base.connection_pool
+
+def versions(adapter)
+  { activerecord: ActiveRecord.version.to_s,
+    driver: adapter == "mysql2" ? "mysql2 #{Mysql2::VERSION}" : "pg #{PG::VERSION}",
+    ruby: RUBY_VERSION }
+end
+
+if mode == "budget"
+  # What the app sees when the credentials never work: one query on a new pool connection.
+  t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  error = nil
+  begin
+    pool.with_connection { |c| c.select_value("SELECT 1") }
+  rescue StandardError => e
+    error = e
+  end
+  seconds = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+  puts JSON.generate(event: "ready", at: Time.now.to_f)
+  puts JSON.generate({ event: "summary", mode: mode, adapter: adapter, without: without }.merge(versions(adapter)).merge(
+    seconds: seconds.round(3),
+    error_class: error&.class&.name,
+    error_message: error&.message.to_s[0, 300],
+    driver_logins: STATS["driver_logins"],
+    driver_login_failures: STATS["driver_login_failures"],
+    stale_logins: STATS["stale_logins"],
+  ))
+  exit 0
+end
 
 stop = false
 stop_file = cfg["stop_file"]
@@ -143,7 +212,12 @@ threads = Array.new(cfg.fetch("threads", 8)) do |t|
             conn.reconnect!
             count("reconnects")
           end
-          v = conn.select_value("SELECT 1")
+          # 7.1+: a read Rails may retry after reconnecting a connection killed under it.
+          v = if ar71
+                conn.select_all("SELECT 1", "SQL", allow_retry: true).rows.first.first
+              else
+                conn.select_value("SELECT 1")
+              end
           raise "SELECT 1 returned #{v.inspect}" unless v.to_i == 1
         end
         count("queries")
@@ -160,7 +234,14 @@ disconnector = Thread.new do
   until stop
     sleep every
     begin
-      pool.disconnect!
+      if ar71
+        # 7.1+'s disconnect! waits until it holds every connection at once, blocking all checkouts
+        # meanwhile; with 8 threads contending for 5 connections that took up to checkout_timeout (10 s)
+        # and starved the load. flush(0) closes every idle connection without waiting.
+        pool.flush(0)
+      else
+        pool.disconnect!
+      end
       count("pool_disconnects")
     rescue StandardError => e
       # Not a database failure: the pool could not get every connection back in time.
@@ -191,9 +272,8 @@ summary = STATS_LOCK.synchronize do
     event: "summary",
     mode: mode,
     adapter: adapter,
-    activerecord: ActiveRecord.version.to_s,
-    driver: adapter == "mysql2" ? "mysql2 #{Mysql2::VERSION}" : "pg #{PG::VERSION}",
-    ruby: RUBY_VERSION,
+    without: without,
+  }.merge(versions(adapter)).merge(
     seconds: (Time.now - started).round(2),
     queries: STATS["queries"],
     query_failures: STATS["query_failures"],
@@ -201,11 +281,12 @@ summary = STATS_LOCK.synchronize do
     connection_failures: STATS["connection_failures"],
     driver_logins: STATS["driver_logins"],
     driver_login_failures: STATS["driver_login_failures"],
+    stale_logins: STATS["stale_logins"],
     reconnects: STATS["reconnects"],
     pool_disconnects: STATS["pool_disconnects"],
     pool_disconnect_errors: STATS["pool_disconnect_errors"],
     first_failure_at: FIRST_FAILURE[0],
     errors: ERRORS,
-  }
+  )
 end
 puts JSON.generate(summary)
