@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod dev;
+pub mod rds_iam;
 
 use crate::config::SecretSpec;
 use crate::secret::SecretValue;
