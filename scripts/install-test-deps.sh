@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 emulator_only=false
 [[ ${1:-} == --emulator-only ]] && emulator_only=true
 
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg binutils debootstrap)
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg binutils debootstrap openssl libpam-modules python3)
 
 missing=()
 $emulator_only && DEB_PACKAGES=()
