@@ -115,6 +115,15 @@ module SecretsSidecar
                      source: source)
     end
 
+    # An RDS IAM auth token rather than a password: what the sidecar publishes for an `rds-iam://` entry,
+    # a presigned `HOST:PORT/?Action=connect&DBUser=…&X-Amz-…&X-Amz-Signature=…`. It must only ever be
+    # sent over TLS to a verified server (see SecretsSidecar::ActiveRecord.apply).
+    IAM_TOKEN = %r{\A[^/\s]+:\d+/\?Action=connect&DBUser=[^&]*&\S*X-Amz-Signature=[0-9a-f]+}.freeze
+
+    def iam_token?
+      IAM_TOKEN.match?(password)
+    end
+
     # Same login (source ignored): used to tell whether a re-read brought anything new to try.
     def same_login?(other)
       other.is_a?(Credentials) && other.username == username && other.password == password &&

@@ -71,7 +71,7 @@ class ActiveRecordHookTest < Minitest::Test
                secrets_sidecar: { file: @file } }.freeze
     creds = SecretsSidecar::Credentials.new(username: "app", password: PASSWORD, host: "secret-host",
                                             port: 3307, dbname: "secretdb")
-    out = AR.apply(config, creds, :mysql)
+    out = AR.apply(config, creds, :mysql2)
     refute out.key?(:secrets_sidecar)
     assert_equal "app", out[:username]
     assert_equal PASSWORD, out[:password]
@@ -111,6 +111,7 @@ class ActiveRecordHookTest < Minitest::Test
     skip "6.1/7.0 only; 7.1+ is AdapterPathsTest#test_postgresql_7_1_adapter_carries_the_settings_to_new_client" if AR71
     seen = nil
     original = PG.singleton_class.instance_method(:connect)
+    PG.singleton_class.send(:remove_method, :connect)
     PG.singleton_class.define_method(:connect) do |*_a, **kw|
       seen = kw
       raise PG::ConnectionBad, "could not connect to server: Connection refused"
@@ -121,13 +122,16 @@ class ActiveRecordHookTest < Minitest::Test
     assert_equal ["app", "old-pw", "app"], seen.values_at(:user, :password, :dbname)
     refute seen.key?(:secrets_sidecar)
   ensure
-    PG.singleton_class.define_method(:connect, original) if original
+    if original
+      PG.singleton_class.send(:remove_method, :connect)
+      PG.singleton_class.define_method(:connect, original)
+    end
   end
 
   def test_unreadable_file_is_a_connection_not_established_naming_the_path
     missing = File.join(@dir, "nope.json")
     e = assert_raises(AR::CredentialsUnavailable) do
-      AR.connect({}, AR::Settings.from(file: missing), :mysql) { flunk "connected without credentials" }
+      AR.connect({}, AR::Settings.from(file: missing), :mysql2) { flunk "connected without credentials" }
     end
     assert_kind_of ActiveRecord::ConnectionNotEstablished, e
     assert_includes e.message, missing
@@ -168,7 +172,7 @@ class ActiveRecordHookTest < Minitest::Test
     with_endpoint(rotation: true, pending: pending) do |endpoint, settings|
       tried = []
       db = db_accepting(pending, tried)
-      client = AR.connect({ host: "h" }, settings, :mysql, &db)
+      client = AR.connect({ host: "h" }, settings, :mysql2, &db)
       assert_equal :connected, client
       assert_equal ["old-pw", "new-pw"], tried
       paths = endpoint.request_list.map { |m, p, _| "#{m} #{p}" }
@@ -176,14 +180,14 @@ class ActiveRecordHookTest < Minitest::Test
 
       # Next connection: the remembered pending value first, no HTTP call.
       tried.clear
-      AR.connect({ host: "h" }, settings, :mysql, &db)
+      AR.connect({ host: "h" }, settings, :mysql2, &db)
       assert_equal ["new-pw"], tried
       assert_empty endpoint.request_list
 
       # finishSecret: the file changes; the memory is dropped and the file is used again.
       publish(@file, "username" => "app", "password" => "new-pw-2")
       tried.clear
-      AR.connect({ host: "h" }, settings, :mysql, &db_accepting("new-pw-2", tried))
+      AR.connect({ host: "h" }, settings, :mysql2, &db_accepting("new-pw-2", tried))
       assert_equal ["new-pw-2"], tried
     end
     assert_no_secret @log.string, "old-pw", "new-pw"
@@ -193,7 +197,7 @@ class ActiveRecordHookTest < Minitest::Test
   def test_refresh_that_changes_the_file_is_followed_by_a_retry_with_the_new_file
     with_endpoint(rotation: false, pending: nil, on_refresh: -> { publish(@file, "username" => "app", "password" => "rotated") }) do |_e, settings|
       tried = []
-      AR.connect({}, settings, :mysql, &db_accepting("rotated", tried))
+      AR.connect({}, settings, :mysql2, &db_accepting("rotated", tried))
       assert_equal ["old-pw", "rotated"], tried
     end
   end
@@ -204,7 +208,7 @@ class ActiveRecordHookTest < Minitest::Test
     with_endpoint(rotation: true, pending: "also-wrong") do |_e, settings|
       t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       raised = assert_raises(ActiveRecord::ConnectionNotEstablished) do
-        AR.connect({}, settings, :mysql) do |_cfg|
+        AR.connect({}, settings, :mysql2) do |_cfg|
           n += 1
           err = rails_wrapped(auth_error)
           first ||= err
@@ -224,14 +228,14 @@ class ActiveRecordHookTest < Minitest::Test
     settings = AR::Settings.from(file: @file)
     tried = []
     Thread.new { sleep 0.1; publish(@file, "username" => "app", "password" => "late") }
-    AR.connect({}, settings, :mysql, &db_accepting("late", tried))
+    AR.connect({}, settings, :mysql2, &db_accepting("late", tried))
     assert_equal ["old-pw", "late"], tried
   end
 
   def test_non_auth_errors_are_raised_at_once_without_retry
     n = 0
     e = assert_raises(ActiveRecord::ConnectionNotEstablished) do
-      AR.connect({}, AR::Settings.from(file: @file), :mysql) { n += 1; raise rails_wrapped(auth_error(2003)) }
+      AR.connect({}, AR::Settings.from(file: @file), :mysql2) { n += 1; raise rails_wrapped(auth_error(2003)) }
     end
     assert_equal 1, n
     assert_equal 2003, e.cause.error_number

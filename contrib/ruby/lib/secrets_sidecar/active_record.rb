@@ -14,6 +14,15 @@
 #     file: /secrets/db.json                      # required
 #     url: http://127.0.0.1:2773/v1/secrets/db    # optional: refresh + AWSPENDING fallback
 #     token_file: /secrets/.token                 # optional, with url
+#     ca_file: /rds-ca/global-bundle.pem          # for RDS IAM entries: the CA bundle to verify the server
+#
+# RDS IAM authentication: when the file holds an IAM auth token instead of a password (a sidecar
+# `rds-iam://` entry), the hook sends it only over TLS to a verified server: mysql2 gets
+# `ssl_mode: verify_identity`, `sslca` and `enable_cleartext_plugin` (the token travels as a cleartext
+# password, as RDS requires), trilogy `ssl_mode: verify_identity`, `ssl_ca` and `enable_cleartext_plugin`,
+# pg `sslmode: verify-full` and `sslrootcert`. A CA the config already names wins over `ca_file`; a TLS
+# setting in the config that is weaker than full verification is refused with InsecureTransport, before
+# the token is sent anywhere.
 #
 # The `secrets_sidecar` key never reaches the driver.
 #
@@ -61,6 +70,17 @@ module SecretsSidecar
     # Raised instead of a bare errno when the credentials cannot be read. A ConnectionNotEstablished, so
     # ActiveRecord and apps treat it as what it is.
     class CredentialsUnavailable < ::ActiveRecord::ConnectionNotEstablished; end
+
+    # An RDS IAM token would go out without TLS, or to an unverified server. Raised before any login.
+    class InsecureTransport < ::ActiveRecord::ConnectionNotEstablished; end
+
+    # What each driver needs to send an IAM token safely: [TLS mode key, the only acceptable modes (first =
+    # what the hook sets), CA key, extra options].
+    IAM_TLS = {
+      mysql2: [:ssl_mode, %w[verify_identity verify_ca], :sslca, { enable_cleartext_plugin: true }],
+      trilogy: [:ssl_mode, %w[verify_identity verify_ca], :ssl_ca, { ssl: true, enable_cleartext_plugin: true }],
+      postgresql: [:sslmode, %w[verify-full verify-ca], :sslrootcert, {}],
+    }.freeze
 
     # The logins one new connection may cost: at most MAX_ATTEMPTS, retries within RETRY_BUDGET seconds of
     # the first refused login. One Budget lives for one `connect`, or for one `reconnect!` on ActiveRecord
@@ -111,7 +131,7 @@ module SecretsSidecar
 
     # Parsed `secrets_sidecar:` block. Holds paths and a URL, no secret.
     class Settings
-      attr_reader :file, :url, :token_file
+      attr_reader :file, :url, :token_file, :ca_file
 
       def self.from(value)
         return nil if value.nil?
@@ -120,28 +140,30 @@ module SecretsSidecar
                                "with `file` (and optionally `url`, `token_file`)"
         end
         h = value.to_hash.each_with_object({}) { |(k, v), acc| acc[k.to_s] = v }
-        unknown = h.keys - %w[file url token_file]
+        unknown = h.keys - %w[file url token_file ca_file]
         unless unknown.empty?
           raise ArgumentError, "secrets_sidecar: unknown key(s) #{unknown.join(', ')} in `secrets_sidecar` " \
-                               "(known: file, url, token_file)"
+                               "(known: file, url, token_file, ca_file)"
         end
         file = h["file"].to_s
         raise ArgumentError, "secrets_sidecar: `secrets_sidecar.file` is required" if file.empty?
 
         url = h["url"].to_s
         token_file = h["token_file"].to_s
-        new(file, url.empty? ? nil : url, token_file.empty? ? nil : token_file)
+        ca_file = h["ca_file"].to_s
+        new(file, url.empty? ? nil : url, token_file.empty? ? nil : token_file, ca_file.empty? ? nil : ca_file)
       end
 
-      def initialize(file, url, token_file)
+      def initialize(file, url, token_file, ca_file = nil)
         @file = file.dup.freeze
         @url = url&.dup&.freeze
         @token_file = token_file&.dup&.freeze
+        @ca_file = ca_file&.dup&.freeze
         freeze
       end
 
       def key
-        [file, url, token_file]
+        [file, url, token_file, ca_file]
       end
 
       def ==(other)
@@ -232,9 +254,10 @@ module SecretsSidecar
         @sources_mutex.synchronize { @sources.clear }
       end
 
-      # The connection config with credentials applied. kind :mysql (username/database) or :postgresql
-      # (libpq names: user/dbname). The secret's host/port/database fill only what the config leaves out.
-      def apply(config, creds, kind)
+      # The connection config with credentials applied. kind :mysql2, :trilogy (username/database) or
+      # :postgresql (libpq names: user/dbname). The secret's host/port/database fill only what the config
+      # leaves out. An RDS IAM token also gets the driver's TLS settings (see the header).
+      def apply(config, creds, kind, settings = nil)
         user_key, db_key = kind == :postgresql ? %i[user dbname] : %i[username database]
         out = strip(config)
         out = out.transform_keys(&:to_sym)
@@ -243,6 +266,7 @@ module SecretsSidecar
         out[:host] = creds.host if blank?(out[:host]) && creds.host && blank?(out[:socket])
         out[:port] = creds.port if blank?(out[:port]) && creds.port
         out[db_key] = creds.dbname if blank?(out[db_key]) && creds.dbname
+        require_tls(out, kind, settings) if creds.iam_token?
         out
       end
 
@@ -293,7 +317,7 @@ module SecretsSidecar
           end
           budget.attempted
           begin
-            client = yield apply(config, creds, kind)
+            client = yield apply(config, creds, kind, settings)
             source.succeeded(creds)
             recovered(settings, creds, budget.attempts) if budget.first_error
             return client
@@ -377,6 +401,35 @@ module SecretsSidecar
         end
       end
 
+      # Sets (or checks) the driver's TLS options for an IAM token; raises InsecureTransport naming the
+      # setting when the config asks for less than a verified server.
+      def require_tls(out, kind, settings)
+        mode_key, modes, ca_key, extra = IAM_TLS.fetch(kind)
+        mode = out[mode_key]
+        if blank?(mode)
+          out[mode_key] = modes.first
+        elsif !modes.include?(mode.to_s.downcase)
+          raise InsecureTransport, "secrets_sidecar: refusing to send an RDS IAM token with #{mode_key}: " \
+                                   "#{mode.to_s.inspect}; IAM authentication needs a verified TLS connection " \
+                                   "(#{mode_key}: #{modes.join(' or ')}, or leave it unset)"
+        end
+        if blank?(out[ca_key])
+          ca = settings&.ca_file
+          if blank?(ca)
+            raise InsecureTransport, "secrets_sidecar: an RDS IAM token needs the CA bundle to verify the " \
+                                     "server: set secrets_sidecar.ca_file (or #{ca_key}) to the RDS CA bundle, " \
+                                     "e.g. /rds-ca/global-bundle.pem"
+          end
+          out[ca_key] = ca
+        end
+        out.merge!(extra) { |_key, own, _ours| own }
+        if kind != :postgresql && out[:enable_cleartext_plugin] != true
+          raise InsecureTransport, "secrets_sidecar: an RDS IAM token is sent with the cleartext plugin; " \
+                                   "enable_cleartext_plugin: #{out[:enable_cleartext_plugin].inspect} forbids it"
+        end
+        out
+      end
+
       def safe
         yield
       rescue SecretsSidecar::Error => e
@@ -433,7 +486,8 @@ module SecretsSidecar
         settings = SecretsSidecar::ActiveRecord.settings_from(config)
         return super unless settings
 
-        SecretsSidecar::ActiveRecord.connect(config, settings, :mysql) do |conn_config|
+        kind = SecretsSidecar::ActiveRecord.trilogy?(self) ? :trilogy : :mysql2
+        SecretsSidecar::ActiveRecord.connect(config, settings, kind) do |conn_config|
           client = super(conn_config)
           # mysql2 keeps every option, password included, in client.query_options for the life of the
           # connection; it is only needed to connect.
@@ -551,6 +605,11 @@ module SecretsSidecar
       # One retry budget per reconnect!, across ActiveRecord 7.1+'s own retries (see the header).
       def install_reconnect_budget(adapter_class)
         adapter_class.prepend(ReconnectBudget)
+      end
+
+      def trilogy?(adapter_class)
+        defined?(::ActiveRecord::ConnectionAdapters::TrilogyAdapter) &&
+          adapter_class <= ::ActiveRecord::ConnectionAdapters::TrilogyAdapter
       end
 
       # Which hooks were installed (for tests and `rails runner` checks).
