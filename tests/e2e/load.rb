@@ -50,6 +50,8 @@ db_config = {
   checkout_timeout: 10,
   reaping_frequency: nil,
 }
+# Anything else the app's database.yml would say (TLS options, …).
+db_config.merge!(cfg.fetch("db_extra", {}).transform_keys(&:to_sym))
 without = cfg.fetch("without", [])
 case mode
 when "hook", "budget"
@@ -204,11 +206,17 @@ threads = Array.new(cfg.fetch("threads", 8)) do |t|
   Thread.new do
     i = 0
     reconnect_every = cfg.fetch("reconnect_every", 25)
+    # Or by time, for logins that are slow on purpose (the IAM tests' PAM verifier).
+    reconnect_seconds = cfg["reconnect_every_seconds"]
+    last_reconnect = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     until stop
       i += 1
       begin
         pool.with_connection do |conn|
-          if reconnect_every.positive? && (i + t) % reconnect_every == 0
+          now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+          if (reconnect_every.positive? && (i + t) % reconnect_every == 0) ||
+             (reconnect_seconds && now - last_reconnect >= reconnect_seconds)
+            last_reconnect = now
             conn.reconnect!
             count("reconnects")
           end

@@ -28,10 +28,31 @@ class IamTest < Minitest::Test
     refute SecretsSidecar::Credentials.new(username: "app", password: "h:1/?Action=connect&DBUser=app").iam_token?
   end
 
-  def test_mysql2_gets_verify_identity_the_ca_and_the_cleartext_plugin
-    out = AR.apply({ adapter: "mysql2", database: "app" }, iam_creds, :mysql2, settings)
+  # Which client library mysql2 links decides whether it needs the cleartext option (see the hook).
+  def with_mysql2_client_version(version)
+    meta = Mysql2::Client.singleton_class
+    meta.send(:alias_method, :__real_info, :info)
+    meta.send(:remove_method, :info)
+    Mysql2::Client.define_singleton_method(:info) { { id: 1, version: version, header_version: version } }
+    yield
+  ensure
+    meta.send(:remove_method, :info)
+    meta.send(:alias_method, :info, :__real_info)
+    meta.send(:remove_method, :__real_info)
+  end
+
+  def test_mysql2_with_libmysqlclient_gets_verify_identity_the_ca_and_the_cleartext_plugin
+    out = with_mysql2_client_version("8.0.40") do
+      AR.apply({ adapter: "mysql2", database: "app" }, iam_creds, :mysql2, settings)
+    end
     assert_equal({ adapter: "mysql2", database: "app", username: "app", password: TOKEN, host: "db.example.internal",
                    port: 3306, ssl_mode: "verify_identity", sslca: CA, enable_cleartext_plugin: true }, out)
+  end
+
+  def test_mysql2_with_mariadb_connector_c_gets_no_cleartext_option
+    out = with_mysql2_client_version("3.3.20") { AR.apply({}, iam_creds, :mysql2, settings) }
+    refute out.key?(:enable_cleartext_plugin)
+    assert_equal ["verify_identity", CA], out.values_at(:ssl_mode, :sslca)
   end
 
   def test_trilogy_gets_verify_identity_the_ca_and_the_cleartext_plugin
@@ -63,7 +84,9 @@ class IamTest < Minitest::Test
       assert_no_secret e.message, TOKEN
     end
     e = assert_raises(AR::InsecureTransport) do
-      AR.apply({ enable_cleartext_plugin: false }, iam_creds, :mysql2, settings)
+      with_mysql2_client_version("8.0.40") do
+        AR.apply({ enable_cleartext_plugin: false }, iam_creds, :mysql2, settings)
+      end
     end
     assert_includes e.message, "enable_cleartext_plugin: false"
   end
@@ -78,6 +101,26 @@ class IamTest < Minitest::Test
   def test_a_password_gets_no_tls_settings
     creds = SecretsSidecar::Credentials.new(username: "app", password: "s3cret")
     assert_equal({ username: "app", password: "s3cret" }, AR.apply({}, creds, :mysql2, settings))
+  end
+
+  def test_a_processs_first_mysql2_iam_logins_go_one_at_a_time
+    AR.instance_variable_set(:@cleartext_loaded, false)
+    inside = 0
+    most = 0
+    lock = Mutex.new
+    login = lambda do
+      lock.synchronize { most = [most, inside += 1].max }
+      sleep 0.05
+      lock.synchronize { inside -= 1 }
+      :client
+    end
+    Array.new(4) { Thread.new { AR.cleartext_login(:mysql2, { password: TOKEN }, &login) } }.each(&:join)
+    assert_equal 1, most, "two first logins ran at once"
+    # Once one succeeded, logins run concurrently again; passwords and other drivers never wait.
+    Array.new(4) { Thread.new { AR.cleartext_login(:mysql2, { password: TOKEN }, &login) } }.each(&:join)
+    assert_operator most, :>, 1
+  ensure
+    AR.instance_variable_set(:@cleartext_loaded, false)
   end
 
   def test_the_mysql2_hook_refuses_before_the_driver_is_called

@@ -18,8 +18,8 @@
 #
 # RDS IAM authentication: when the file holds an IAM auth token instead of a password (a sidecar
 # `rds-iam://` entry), the hook sends it only over TLS to a verified server: mysql2 gets
-# `ssl_mode: verify_identity`, `sslca` and `enable_cleartext_plugin` (the token travels as a cleartext
-# password, as RDS requires), trilogy `ssl_mode: verify_identity`, `ssl_ca` and `enable_cleartext_plugin`,
+# `ssl_mode: verify_identity`, `sslca` and, with libmysqlclient, `enable_cleartext_plugin` (the token
+# travels as a cleartext password, as RDS requires; MariaDB Connector/C always allows it), trilogy `ssl_mode: verify_identity`, `ssl_ca` and `enable_cleartext_plugin`,
 # pg `sslmode: verify-full` and `sslrootcert`. A CA the config already names wins over `ca_file`; a TLS
 # setting in the config that is weaker than full verification is refused with InsecureTransport, before
 # the token is sent anywhere.
@@ -77,7 +77,8 @@ module SecretsSidecar
     # What each driver needs to send an IAM token safely: [TLS mode key, the only acceptable modes (first =
     # what the hook sets), CA key, extra options].
     IAM_TLS = {
-      mysql2: [:ssl_mode, %w[verify_identity verify_ca], :sslca, { enable_cleartext_plugin: true }],
+      # enable_cleartext_plugin is added for libmysqlclient only (see mysql2_cleartext_option?).
+      mysql2: [:ssl_mode, %w[verify_identity verify_ca], :sslca, {}],
       trilogy: [:ssl_mode, %w[verify_identity verify_ca], :ssl_ca, { ssl: true, enable_cleartext_plugin: true }],
       postgresql: [:sslmode, %w[verify-full verify-ca], :sslrootcert, {}],
     }.freeze
@@ -351,6 +352,21 @@ module SecretsSidecar
         end
       end
 
+      # MariaDB Connector/C loads its clear-password plugin on the first login that needs it, and two
+      # threads doing that at once fail one of them ("Plugin mysql_clear_password could not be loaded: it
+      # is already loaded"; seen with Connector/C 3.4 under ActiveRecord 7.2). So a process's mysql2 logins
+      # with an IAM token go one at a time until one has succeeded; after that the plugin is there.
+      def cleartext_login(kind, conn_config)
+        return yield if kind != :mysql2 || @cleartext_loaded
+        return yield unless Credentials::IAM_TOKEN.match?(conn_config[:password].to_s)
+
+        @cleartext_mutex.synchronize do
+          client = yield
+          @cleartext_loaded = true
+          client
+        end
+      end
+
       # Closes a driver connection without raising (it may be closed or broken already).
       def close_quietly(raw)
         raw&.close
@@ -422,12 +438,23 @@ module SecretsSidecar
           end
           out[ca_key] = ca
         end
+        extra = extra.merge(enable_cleartext_plugin: true) if kind == :mysql2 && mysql2_cleartext_option?
         out.merge!(extra) { |_key, own, _ours| own }
-        if kind != :postgresql && out[:enable_cleartext_plugin] != true
+        if extra.key?(:enable_cleartext_plugin) && out[:enable_cleartext_plugin] != true
           raise InsecureTransport, "secrets_sidecar: an RDS IAM token is sent with the cleartext plugin; " \
                                    "enable_cleartext_plugin: #{out[:enable_cleartext_plugin].inspect} forbids it"
         end
         out
+      end
+
+      # Whether mysql2 needs `enable_cleartext_plugin` to send the token: with Oracle's libmysqlclient it
+      # does; with MariaDB Connector/C (what Debian's mysql2 links, client version 3.x) the clear-password
+      # plugin is built in and always allowed, and setting the option makes every connection after the
+      # first fail ("Plugin mysql_clear_password could not be loaded: it is already loaded").
+      def mysql2_cleartext_option?
+        return true unless defined?(::Mysql2::Client) && ::Mysql2::Client.respond_to?(:info)
+
+        !::Mysql2::Client.info[:version].to_s.start_with?("3.")
       end
 
       def safe
@@ -477,6 +504,8 @@ module SecretsSidecar
 
     @sources = {}
     @sources_mutex = Mutex.new
+    @cleartext_mutex = Mutex.new
+    @cleartext_loaded = false
 
     # --- the hooks -----------------------------------------------------------------------------------
 
@@ -488,7 +517,7 @@ module SecretsSidecar
 
         kind = SecretsSidecar::ActiveRecord.trilogy?(self) ? :trilogy : :mysql2
         SecretsSidecar::ActiveRecord.connect(config, settings, kind) do |conn_config|
-          client = super(conn_config)
+          client = SecretsSidecar::ActiveRecord.cleartext_login(kind, conn_config) { super(conn_config) }
           # mysql2 keeps every option, password included, in client.query_options for the life of the
           # connection; it is only needed to connect.
           client.query_options.delete(:password) if client.respond_to?(:query_options)
