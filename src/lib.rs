@@ -22,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod publish;
+pub mod schedule;
 pub mod secret;
 pub mod shutdown;
 pub mod source;
