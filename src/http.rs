@@ -135,11 +135,11 @@ async fn list(State(state): State<AppState>) -> Response {
             name: s.spec.name.clone(),
             secret_id: s.spec.secret_id.clone(),
             format: s.spec.format.as_str(),
-            mode: s.mode,
+            mode: s.view.mode,
             version_id: s.current.as_ref().map(|v| v.id.clone()),
             last_refresh: s.last_success.map(|(_, t)| humantime::format_rfc3339_seconds(t).to_string()),
             last_error: s.last_error,
-            rotation_in_progress: s.rotation_in_progress,
+            rotation_in_progress: s.view.rotation_in_progress,
         })
         .collect();
     no_store(axum::Json(SecretList { secrets }).into_response())
@@ -159,7 +159,7 @@ async fn get_secret(
     let s = state.store.get(&name).ok_or(ApiError::NotFound("unknown secret"))?;
     let version = match q.stage.as_deref() {
         None | Some("AWSCURRENT") => s.current.ok_or(ApiError::NotReady)?,
-        Some("AWSPENDING") => s.pending.ok_or(ApiError::NotFound("no rotation in progress"))?,
+        Some("AWSPENDING") => s.view.pending.ok_or(ApiError::NotFound("no rotation in progress"))?,
         Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
     };
     let etag = format!("\"{}\"", version.id);
@@ -261,7 +261,10 @@ mod tests {
             min_refresh_gap: Duration::from_secs(5),
         };
         let publisher = Publisher::new(out, FileOptions { mode: 0o440, uid: None, gid: None });
-        let poller = Poller::new(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let poller =
+            Poller::start(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs, &tracker, cancel);
         poller.refresh_now("db").await.unwrap().unwrap();
         app(AppState { store, poller, token: Some(SecretString::from("tok".to_owned())), max_staleness: None })
     }

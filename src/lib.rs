@@ -100,9 +100,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     };
 
     let store = Arc::new(Store::new(&secrets));
-    let poller = Poller::new(source, store.clone(), publisher, Timing::from_config(&config), &secrets);
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
+    let poller = Poller::start(
+        source,
+        store.clone(),
+        publisher,
+        Timing::from_config(&config),
+        &secrets,
+        &tracker,
+        cancel.clone(),
+    );
 
     // Kept alive for the whole run: dropping the watcher stops it.
     let _watcher = match &config.source {
@@ -113,7 +121,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         SourceConfig::Aws { .. } => None,
     };
 
-    poller.spawn(&tracker, cancel.clone());
     let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");

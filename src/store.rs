@@ -1,5 +1,7 @@
-//! The current state of every secret: the value last published, the pending value during a rotation, when
-//! it was last checked and what went wrong. The poller is the only writer; HTTP and health only read.
+//! What HTTP and health read of every secret: the value last published, the pending value during a
+//! rotation, when it was last checked and what went wrong. A view, not a second copy of the poller's state:
+//! each secret's task in [`crate::poller`] owns its mode, schedule and versions and is the only writer of
+//! its entry — `current` together with the file, the rest after each check.
 //!
 //! Readiness is a latch (the linkerd2-proxy pattern): false until every secret has been published once,
 //! then true for the life of the process. A later Secrets Manager outage must not make ECS replace every
@@ -35,14 +37,28 @@ pub enum Mode {
     GetOnly,
 }
 
+/// What the poller shows of a secret's check state after each check.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub mode: Mode,
+    /// The `AWSPENDING` value while a rotation is under way, when it could be read; never written to disk.
+    pub pending: Option<Arc<Version>>,
+    /// `AWSPENDING` is on another version, readable or not.
+    pub rotation_in_progress: bool,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View { mode: Mode::Describe, pending: None, rotation_in_progress: false }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SecretState {
     pub spec: SecretSpec,
+    /// The version in the file; set in the same step that writes the file.
     pub current: Option<Arc<Version>>,
-    /// The `AWSPENDING` value while a rotation is under way; never written to disk.
-    pub pending: Option<Arc<Version>>,
-    pub rotation_in_progress: bool,
-    pub mode: Mode,
+    pub view: View,
     /// Last check that succeeded (monotonic, for staleness) and its wall-clock time (for display).
     pub last_success: Option<(Instant, SystemTime)>,
     /// Last failure, cleared by the next success. Its text names a reason and an AWS code, never a value.
@@ -51,15 +67,7 @@ pub struct SecretState {
 
 impl SecretState {
     fn new(spec: SecretSpec) -> Self {
-        SecretState {
-            spec,
-            current: None,
-            pending: None,
-            rotation_in_progress: false,
-            mode: Mode::Describe,
-            last_success: None,
-            last_error: None,
-        }
+        SecretState { spec, current: None, view: View::default(), last_success: None, last_error: None }
     }
 
     pub fn age(&self, now: Instant) -> Option<Duration> {
