@@ -69,6 +69,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     if removed > 0 {
         tracing::info!(removed, dir = %config.output_dir.display(), "removed temp files left by an earlier run");
     }
+    publisher.check_writable()?;
 
     let mut secrets = config.secrets.clone();
     let source = match &config.source {
