@@ -4,8 +4,7 @@
 //! its entry — `current` together with the file, the rest after each check.
 //!
 //! Readiness is a latch (the linkerd2-proxy pattern): false until every secret has been published once,
-//! then true for the life of the process. A later Secrets Manager outage must not make ECS replace every
-//! task of a service at once; `--max-staleness` is the one, opt-in, way back to unhealthy.
+//! then true for the life of the process. What that means for `/healthz` is [`crate::health`]'s to say.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,71 +108,10 @@ impl Store {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The `/healthz` answer.
-    pub fn health(&self, now: Instant, max_staleness: Option<Duration>) -> Health {
-        let mut stale = false;
-        let secrets = self
-            .read()
-            .values()
-            .map(|s| {
-                let age = s.age(now);
-                let is_stale = match (max_staleness, age) {
-                    (Some(max), Some(age)) => age > max,
-                    _ => false,
-                };
-                stale |= is_stale;
-                let entry = SecretHealth {
-                    ready: s.current.is_some(),
-                    version_id: s.current.as_ref().map(|v| v.id.clone()),
-                    age_seconds: age.map(|a| a.as_secs()),
-                    stale: is_stale,
-                    last_error: s.last_error.clone(),
-                };
-                (s.spec.name.clone(), entry)
-            })
-            .collect();
-        let status = match (self.is_ready(), stale) {
-            (false, _) => HealthStatus::Starting,
-            (true, true) => HealthStatus::Stale,
-            (true, false) => HealthStatus::Ok,
-        };
-        Health { status, secrets }
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SecretState>> {
         // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
         self.secrets.read().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
-    Ok,
-    Starting,
-    Stale,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Health {
-    pub status: HealthStatus,
-    pub secrets: BTreeMap<String, SecretHealth>,
-}
-
-impl Health {
-    pub fn is_healthy(&self) -> bool {
-        self.status == HealthStatus::Ok
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct SecretHealth {
-    pub ready: bool,
-    pub version_id: Option<String>,
-    /// Seconds since the last successful check.
-    pub age_seconds: Option<u64>,
-    pub stale: bool,
-    pub last_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -202,31 +140,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ready_only_when_every_secret_is_published_then_latched() {
         let store = Store::new(&specs(&["a", "b"]));
-        let now = Instant::now();
-        publish(&store, "a", now);
-        assert!(!store.is_ready());
-        assert_eq!(store.health(now, None).status, HealthStatus::Starting);
-        publish(&store, "b", now);
-        assert!(store.is_ready());
-        // An outage afterwards: errors are reported, readiness stays.
-        store.update("a", |s| s.last_error = Some("timed out".into()));
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        let h = store.health(Instant::now(), None);
-        assert!(h.is_healthy());
-        assert_eq!(h.secrets["a"].last_error.as_deref(), Some("timed out"));
-        assert_eq!(h.secrets["a"].age_seconds, Some(3600));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn max_staleness_turns_health_red_only_past_the_limit() {
-        let store = Store::new(&specs(&["a"]));
         publish(&store, "a", Instant::now());
-        let max = Some(Duration::from_secs(300));
-        tokio::time::advance(Duration::from_secs(299)).await;
-        assert!(store.health(Instant::now(), max).is_healthy());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let h = store.health(Instant::now(), max);
-        assert_eq!(h.status, HealthStatus::Stale);
-        assert!(h.secrets["a"].stale);
+        assert!(!store.is_ready());
+        publish(&store, "b", Instant::now());
+        assert!(store.is_ready());
+        store.update("a", |s| s.current = None);
+        assert!(store.is_ready(), "never false again");
     }
 }
