@@ -24,6 +24,7 @@ pub mod poller;
 pub mod publish;
 pub mod schedule;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod source;
 pub mod store;
@@ -125,12 +126,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
-    let server = axum::serve(listener, http::app(state)).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    tracker.spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));
 
     shutdown.await;
     cancel.cancel();

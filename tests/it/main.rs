@@ -6,6 +6,7 @@
 //! - [`daemon`]: what a task sees from start to SIGTERM.
 //! - [`dev_secrets`]: `--dev-secrets`, local development without AWS.
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
+//! - [`http_edge`]: the listener under a storm of slow clients.
 
 // `tests/common` stays where the database tests include it with `mod common;`.
 #[path = "../common/mod.rs"]
@@ -15,3 +16,4 @@ mod cli;
 mod daemon;
 mod dev_secrets;
 mod forced_refresh;
+mod http_edge;
