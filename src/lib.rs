@@ -3,17 +3,24 @@
 //! connection and a rotation becomes a non-event.
 //!
 //! # Layout
-//! Data flows one way: configuration → poller → store → files and HTTP.
+//! Data flows one way: configuration → source → poller → (files, store) → HTTP.
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
 //! - [`source`]: where values come from — Secrets Manager ([`source::aws`]) or a dev file ([`source::dev`]).
-//! - [`poller`]: one loop per secret deciding when to check, what to fetch, and publishing new versions.
+//! - [`poller`]: one task per secret that owns its check state, decides what to fetch, and publishes a new
+//!   version to its file and then the store in one step; forced refreshes are messages to that task.
+//! - [`schedule`]: when a secret is checked next, as a pure function of what happened to it.
 //! - [`publish`]: atomic writes of files on the shared volume.
-//! - [`store`]: the current state of every secret, and the readiness latch.
-//! - [`http`]: the token-protected `/v1/` API, served from the store.
-//! - [`health`]: `/healthz` and the `healthcheck` probe.
+//! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
+//!   readiness latch. Only the poller writes it.
+//! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
+//! - [`serve`]: the listener — HTTP/1.1, header-read timeout, connection cap, graceful shutdown.
+//! - [`health`]: what healthy means, and the `healthcheck` probe.
 //! - [`metrics`]: Prometheus counters and gauges at `/metrics`.
 //! - [`shutdown`]: signals and the shutdown grace period.
 //! - [`secret`], [`backoff`]: redacting value types; jitter and backoff arithmetic.
+//!
+//! The facts about Secrets Manager and its emulator that this code relies on are in
+//! `docs/secrets-manager.md`.
 
 pub mod backoff;
 pub mod config;

@@ -1,10 +1,10 @@
 //! Atomic publication of files on the shared volume.
 //!
 //! A reader that opens a published path at any moment gets the whole old or the whole new content, never a
-//! mix and never an empty file (DOMAIN.md §5): the new content goes to a uniquely named temp file in the
-//! same directory, created with `O_EXCL` and given its final mode and owner *before* the first byte is
-//! written (so a secret is never readable by the wrong uid, not even for a moment), then fsync, rename
-//! over the target, and fsync of the directory so the rename survives a crash.
+//! mix and never an empty file (docs/secrets-manager.md, "Publishing"): the new content goes to a uniquely
+//! named temp file in the same directory, created with `O_EXCL` and given its final mode and owner *before*
+//! the first byte is written (so a secret is never readable by the wrong uid, not even for a moment), then
+//! fsync, rename over the target, and fsync of the directory so the rename survives a crash.
 //!
 //! Temp files carry [`TEMP_PREFIX`]; whatever an earlier crash left behind is removed by [`Publisher::prepare`].
 //! A failed write removes its own temp file, so no secret is left lying around under another name.

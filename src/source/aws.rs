@@ -3,7 +3,7 @@
 //! nothing here re-implements them.
 //!
 //! Every `GetSecretValue` names a `VersionId` or `VersionStage`: moto returns a stale value for a request
-//! that names neither after `UpdateSecretVersionStage` (docs/secrets-manager.md, "moto"), and naming it
+//! that names neither after `UpdateSecretVersionStage` (docs/secrets-manager.md, "The emulator"), and naming it
 //! costs nothing on AWS.
 
 use std::time::Duration;
