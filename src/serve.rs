@@ -3,9 +3,11 @@
 //! one, so hyper's header-read timeout is not in force there and a client that sends nothing keeps its
 //! connection for ever (issue 8: 500 slow local connections stayed open and RSS grew from 8 to 20–32 MiB).
 //!
-//! - A connection must send a complete request head within [`HEADER_READ_TIMEOUT`] of being accepted or of
-//!   its previous answer, so one that sends nothing, or a partial header, is closed; so is a keep-alive
-//!   connection idle for that long.
+//! - A connection that sends nothing for [`HEADER_READ_TIMEOUT`] after being accepted is closed before
+//!   hyper sees it, so a storm of silent clients costs sockets, not buffers. Once it has sent something,
+//!   hyper's own header-read timeout applies: a complete request head within [`HEADER_READ_TIMEOUT`], and
+//!   the same between requests on a keep-alive connection, so a partial header or an idle connection is
+//!   closed too.
 //! - At most [`MAX_CONNECTIONS`] are open at once. At the cap the sidecar stops accepting: further
 //!   connections wait in the kernel's backlog, costing this process no memory, until a slot frees.
 //! - On shutdown it stops accepting, lets requests in flight finish and closes idle connections; the
@@ -67,11 +69,23 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+        let (builder, app, watcher, shutdown) = (builder.clone(), app.clone(), graceful.watcher(), shutdown.clone());
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            // Timeouts and clients that vanish end here; neither is worth a log line.
-            let _ = conn.await;
+            // A connection that sends nothing never reaches hyper, whose buffers are allocated on the first
+            // read: it costs a socket and this task until the timeout closes it.
+            tokio::select! {
+                ready = tokio::time::timeout(header_read_timeout, stream.readable()) => {
+                    if !matches!(ready, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            // Boxed, so the task of a connection still waiting above is a few hundred bytes, not the size of
+            // hyper's connection state. Timeouts and clients that vanish end here; not worth a log line.
+            let _ = Box::pin(watcher.watch(conn)).await;
             drop(slot);
         });
     }
