@@ -276,6 +276,7 @@ impl SecretTask {
 
             // The check runs here, in the task, so nobody outside can cancel it half-way; callers who
             // arrive meanwhile join it.
+            let (started, forced) = (Instant::now(), !waiters.is_empty());
             let mut wake_again = false;
             let result = {
                 let mut check = std::pin::pin!(self.check());
@@ -294,6 +295,9 @@ impl SecretTask {
                     }
                 }
             };
+            if !forced && !waiters.is_empty() {
+                self.schedule.joined(started);
+            }
             let answer = self.record(Instant::now(), !waiters.is_empty(), result);
             for waiter in waiters {
                 // A caller that gave up has dropped its receiver; the check counted all the same.
