@@ -74,9 +74,11 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
         tokio::spawn(async move {
             // A connection that sends nothing never reaches hyper, whose buffers are allocated on the first
             // read: it costs a socket and this task until the timeout closes it.
+            // `peek`, not `readable`: tokio reports a fresh socket readable before any byte arrives.
+            let mut first = [0u8; 1];
             tokio::select! {
-                ready = tokio::time::timeout(header_read_timeout, stream.readable()) => {
-                    if !matches!(ready, Ok(Ok(()))) {
+                sent = tokio::time::timeout(header_read_timeout, stream.peek(&mut first)) => {
+                    if !matches!(sent, Ok(Ok(1..))) {
                         return;
                     }
                 }
