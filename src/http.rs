@@ -205,7 +205,7 @@ async fn get_secret(
     let s = state.store.get(&name).ok_or(ApiError::NotFound("unknown secret"))?;
     let version = match q.stage.as_deref() {
         None | Some("AWSCURRENT") => s.current.ok_or(ApiError::NotReady)?,
-        Some("AWSPENDING") => s.view.pending.ok_or(ApiError::NotFound("no rotation in progress"))?,
+        Some("AWSPENDING") => s.view.pending.ok_or(ApiError::NotFound("no readable pending version"))?,
         Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
     };
     let etag = format!("\"{}\"", version.id);
