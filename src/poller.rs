@@ -411,6 +411,11 @@ impl SecretTask {
                     self.mode = Mode::GetOnly { reprobe_at: now + DESCRIBE_REPROBE_INTERVAL };
                     self.pending = Pending::None;
                 }
+                // A re-probe that fails for another reason says nothing about the policy: the value is
+                // still read the get-only way, and the next check asks again.
+                Err(e) if matches!(self.mode, Mode::GetOnly { .. }) => {
+                    tracing::debug!(secret = %spec.name, error = %e, "DescribeSecret re-probe failed");
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -793,6 +798,26 @@ mod tests {
         let gets = current.num_calls();
         at(t0, 7260.5).await;
         assert_eq!((d.num_calls(), current.num_calls()), (4, gets), "back to one DescribeSecret per interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_probe_that_fails_otherwise_keeps_reading_the_get_only_way() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .http_response(aws_error("AccessDeniedException"))
+            .http_response(aws_error("UnrecognizedClientException"))
+            .repeatedly()
+            .build();
+        let current = mock!(Client::get_secret_value)
+            .match_requests(|r| r.version_stage() == Some("AWSCURRENT"))
+            .then_output(|| GetSecretValueOutput::builder().version_id("v1").secret_string(r#"{"a":1}"#).build());
+        let h = Harness::start(&[&d, &current]);
+        let t0 = Instant::now();
+        at(t0, 3660.5).await;
+        let s = h.state();
+        assert_eq!((d.num_calls(), current.num_calls()), (3, 62), "re-probes at 3600 and 3660 s, values every 60 s");
+        assert_eq!(s.view.mode, crate::store::Mode::GetOnly);
+        assert!(s.last_error.is_none(), "{:?}", s.last_error);
     }
 
     /// Issue 8: `UnrecognizedClientException` was mapped to AccessDenied, and one such answer switched the
