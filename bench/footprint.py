@@ -7,6 +7,10 @@ For 1 and 20 secrets: resident memory (VmRSS) once ready and after 5,000 keep-al
 (VmHWM), and the median / 99th percentile latency of GET /v1/secrets/NAME next to GET /healthz over the
 same connection. Shared machines are noisy: read the medians and the ratio between the two routes, not
 single times. Everything binds 127.0.0.1 and is stopped at the end.
+
+With 1 secret also a slow-client storm (issue 8): 500 local connections that send nothing or half a
+request head, the latency of GET /v1/secrets/NAME on a fresh connection during it, RSS during it, and
+RSS and open connections 7 s later (the header-read timeout is 5 s).
 """
 
 import http.client
@@ -22,6 +26,8 @@ import time
 import boto3
 
 REQUESTS = 5_000
+STORM = 500
+STORM_REQUESTS = 500
 
 
 def free_port():
@@ -85,6 +91,7 @@ def run(binary, moto_port, n_secrets):
             secret.append(timed(conn, "/v1/secrets/s0", auth))
             health.append(timed(conn, "/healthz", {}))
         loaded_rss, peak = status_kib(proc.pid, "VmRSS"), status_kib(proc.pid, "VmHWM")
+        storm = slow_client_storm(proc.pid, port, auth) if n_secrets == 1 else None
     finally:
         proc.terminate()
         proc.wait(5)
@@ -97,6 +104,39 @@ def run(binary, moto_port, n_secrets):
     print(f"           GET /v1/secrets/NAME median {statistics.median(secret) * 1e6:.0f} us (p99 {q(secret, 99):.0f}), "
           f"GET /healthz median {statistics.median(health) * 1e6:.0f} us (p99 {q(health, 99):.0f}), "
           f"ratio {statistics.median(secret) / statistics.median(health):.2f}")
+    if storm:
+        during, storm_rss, after_rss, still_open = storm
+        print(f"           {STORM} slow clients: GET median {statistics.median(during) * 1e6:.0f} us "
+              f"(p99 {q(during, 99):.0f}), RSS during {storm_rss / 1024:.1f} MiB, 7 s later "
+              f"{after_rss / 1024:.1f} MiB with {still_open} of them still open")
+
+
+def slow_client_storm(pid, port, auth):
+    socks = []
+    for i in range(STORM):
+        s = socket.create_connection(("127.0.0.1", port))
+        if i % 2:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        socks.append(s)
+    during = []
+    for _ in range(STORM_REQUESTS):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        during.append(timed(conn, "/v1/secrets/s0", auth))
+        conn.close()
+    storm_rss = status_kib(pid, "VmRSS")
+    time.sleep(7)
+    after_rss = status_kib(pid, "VmRSS")
+    still_open = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            still_open += s.recv(1) != b""
+        except BlockingIOError:
+            still_open += 1
+        except OSError:
+            pass
+        s.close()
+    return during, storm_rss, after_rss, still_open
 
 
 def main():

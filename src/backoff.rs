@@ -3,7 +3,7 @@
 //!
 //! Jitter matters because a service deploys many tasks at once; without it they poll in lockstep and a
 //! Secrets Manager hiccup fails them all in the same second (the caching clients jitter for the same
-//! reason, see DOMAIN.md §2).
+//! reason, see docs/secrets-manager.md, "The polling loop").
 
 use std::time::Duration;
 

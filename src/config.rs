@@ -19,9 +19,6 @@ use crate::secret::SecretString;
 
 /// Default `--listen`: the port the AWS Secrets Manager Agent uses, so a task migrating from it keeps its URL.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2773";
-/// How long a rotation may keep a secret on the fast `--rotation-poll-interval` before it falls back to the
-/// normal interval: a rotation that failed half-way leaves `AWSPENDING` behind indefinitely.
-pub const ROTATION_FAST_POLL_CAP: Duration = Duration::from_secs(15 * 60);
 /// The shortest `--refresh-interval` accepted; below it a fleet would spend real money on API calls.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 

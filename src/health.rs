@@ -1,26 +1,85 @@
-//! Health: the `/healthz` route (no token, no access log, cheap) and the `healthcheck` subcommand that
-//! probes it, which is what ECS runs in an image that has no shell and no curl.
+//! Health: what "healthy" means — the answer `/healthz` gives (its route lives in [`crate::http`]) — and
+//! the `healthcheck` subcommand that probes it, which is what ECS runs in an image that has no shell and no
+//! curl.
+//!
+//! Healthy means ready and not stale. Ready is the store's latch: every secret published once, then never
+//! false again, because a later Secrets Manager outage must not make ECS replace every task of a service
+//! at once. `--max-staleness` is the one, opt-in, way back to unhealthy.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use http_body_util::Empty;
+use hyper::StatusCode;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use tokio::time::Instant;
 
-use crate::http::AppState;
+use crate::store::Store;
 
 /// The probe gives up after this long; ECS's own healthCheck timeout is 5 s by default.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn healthz(State(state): State<AppState>) -> Response {
-    let health = state.store.health(tokio::time::Instant::now(), state.max_staleness);
-    let status = if health.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(health)).into_response()
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Starting,
+    Stale,
+}
+
+/// The `/healthz` body.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub secrets: BTreeMap<String, SecretHealth>,
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        self.status == HealthStatus::Ok
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SecretHealth {
+    pub ready: bool,
+    pub version_id: Option<String>,
+    /// Seconds since the last successful check.
+    pub age_seconds: Option<u64>,
+    pub stale: bool,
+    pub last_error: Option<String>,
+}
+
+/// The health of every secret in `store` at `now`.
+pub fn health(store: &Store, now: Instant, max_staleness: Option<Duration>) -> Health {
+    let mut stale = false;
+    let secrets = store
+        .all()
+        .into_iter()
+        .map(|s| {
+            let age = s.age(now);
+            let is_stale = matches!((max_staleness, age), (Some(max), Some(age)) if age > max);
+            stale |= is_stale;
+            let entry = SecretHealth {
+                ready: s.current.is_some(),
+                version_id: s.current.as_ref().map(|v| v.id.clone()),
+                age_seconds: age.map(|a| a.as_secs()),
+                stale: is_stale,
+                last_error: s.last_error.clone(),
+            };
+            (s.spec.name.clone(), entry)
+        })
+        .collect();
+    let status = match (store.is_ready(), stale) {
+        (false, _) => HealthStatus::Starting,
+        (true, true) => HealthStatus::Stale,
+        (true, false) => HealthStatus::Ok,
+    };
+    Health { status, secrets }
 }
 
 /// Where the probe connects for a `--listen` address: a wildcard listen is reached on loopback.
@@ -60,6 +119,59 @@ pub async fn probe(listen: SocketAddr) -> Result<(), ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Format, SecretSpec};
+    use crate::secret::SecretValue;
+    use crate::store::Version;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    fn store(names: &[&str]) -> Store {
+        let specs: Vec<_> = names
+            .iter()
+            .map(|n| SecretSpec { name: n.to_string(), secret_id: n.to_string(), format: Format::Json })
+            .collect();
+        Store::new(&specs)
+    }
+
+    fn publish(store: &Store, name: &str, now: Instant) {
+        store.update(name, |s| {
+            s.current = Some(Arc::new(Version {
+                id: "v1".into(),
+                value: SecretValue::from("{}".to_owned()),
+                since: SystemTime::now(),
+            }));
+            s.last_success = Some((now, SystemTime::now()));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_once_every_secret_is_published_and_through_an_outage() {
+        let store = store(&["a", "b"]);
+        let now = Instant::now();
+        publish(&store, "a", now);
+        assert_eq!(health(&store, now, None).status, HealthStatus::Starting);
+        publish(&store, "b", now);
+        // An outage afterwards: errors are reported, health stays.
+        store.update("a", |s| s.last_error = Some("timed out".into()));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let h = health(&store, Instant::now(), None);
+        assert!(h.is_healthy());
+        assert_eq!(h.secrets["a"].last_error.as_deref(), Some("timed out"));
+        assert_eq!(h.secrets["a"].age_seconds, Some(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_staleness_turns_health_red_only_past_the_limit() {
+        let store = store(&["a"]);
+        publish(&store, "a", Instant::now());
+        let max = Some(Duration::from_secs(300));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(health(&store, Instant::now(), max).is_healthy());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let h = health(&store, Instant::now(), max);
+        assert_eq!(h.status, HealthStatus::Stale);
+        assert!(h.secrets["a"].stale);
+    }
 
     #[test]
     fn wildcard_listen_is_probed_on_loopback() {

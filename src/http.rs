@@ -1,16 +1,19 @@
-//! The HTTP face: secrets served from memory on a loopback address.
+//! The HTTP face: secrets served from memory on a loopback address. How connections are accepted, timed
+//! out and capped is [`crate::serve`]'s concern; this module is the routes.
 //!
 //! Every `/v1/` route needs `X-Secrets-Sidecar-Token`, compared in constant time. A request carrying
 //! `X-Forwarded-For` is refused on every route: a proxied request did not come from inside the task, and the
-//! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Errors leave
-//! through [`ApiError`] alone, as `{"error": "…"}` built by serde, with fixed texts: no internal detail and no
-//! secret material can reach a body. The handlers read the store; the only way they reach AWS is the
-//! poller's refresh.
+//! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Every error —
+//! ours, the router's 404 and 405, a malformed path or query, a timeout — leaves through [`ApiError`] as
+//! `{"error": "…"}` built by serde, with fixed texts: no internal detail and no secret material can reach a
+//! body. One layer sets `Cache-Control: no-store` on every answer. The handlers read the store; the only way
+//! they reach AWS is the poller's refresh.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -18,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Format;
@@ -26,7 +30,8 @@ use crate::secret::SecretString;
 use crate::store::{Store, Version};
 
 pub const TOKEN_HEADER: &str = "x-secrets-sidecar-token";
-/// Longer than one Secrets Manager operation (10 s), so a forced refresh can finish.
+/// How long a request may take before it is answered 504. A forced refresh that takes longer is not
+/// cancelled: it finishes in the secret's task, and the next read sees its result.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
@@ -49,12 +54,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/secrets/{name}/{key}", get(get_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(crate::health::healthz))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(refuse_forwarded))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(middleware::map_response(every_error_is_an_api_error))
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .with_state(state)
 }
 
@@ -64,8 +72,11 @@ pub enum ApiError {
     BadRequest(&'static str),
     Unauthorized,
     NotFound(&'static str),
+    MethodNotAllowed,
     NotReady,
     Upstream,
+    /// An error status produced outside the handlers (the timeout layer, say), with its standard reason.
+    Status(StatusCode),
 }
 
 #[derive(Serialize)]
@@ -79,17 +90,51 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "missing or wrong X-Secrets-Sidecar-Token"),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "secret not fetched yet"),
             ApiError::Upstream => (StatusCode::BAD_GATEWAY, "refresh failed; see the sidecar log"),
+            ApiError::Status(s) => (s, s.canonical_reason().unwrap_or("error")),
         };
-        let mut res = (status, axum::Json(ErrorBody { error })).into_response();
-        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        res
+        (status, axum::Json(ErrorBody { error })).into_response()
     }
 }
 
+/// `/v1/secrets/%ff` names no valid secret; the rejection's own text would echo the request.
+impl From<PathRejection> for ApiError {
+    fn from(_: PathRejection) -> Self {
+        ApiError::BadRequest("malformed path")
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(_: QueryRejection) -> Self {
+        ApiError::BadRequest("malformed query (stage may be given once)")
+    }
+}
+
+/// The net under the handlers: an error answer that did not come from [`ApiError`] (the 504 of the
+/// timeout layer) is replaced by one that did, so every error body has the same shape.
+async fn every_error_is_an_api_error(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let mut replaced = ApiError::Status(status).into_response();
+        if let Some(allow) = res.headers().get(header::ALLOW) {
+            replaced.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return replaced;
+    }
+    res
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let health = crate::health::health(&state.store, tokio::time::Instant::now(), state.max_staleness);
+    let status = if health.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(health)).into_response()
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
-    no_store(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.poller.metrics().encode()).into_response())
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.poller.metrics().encode()).into_response()
 }
 
 async fn refuse_forwarded(req: Request, next: Next) -> Response {
@@ -135,14 +180,14 @@ async fn list(State(state): State<AppState>) -> Response {
             name: s.spec.name.clone(),
             secret_id: s.spec.secret_id.clone(),
             format: s.spec.format.as_str(),
-            mode: s.mode,
+            mode: s.view.mode,
             version_id: s.current.as_ref().map(|v| v.id.clone()),
             last_refresh: s.last_success.map(|(_, t)| humantime::format_rfc3339_seconds(t).to_string()),
             last_error: s.last_error,
-            rotation_in_progress: s.rotation_in_progress,
+            rotation_in_progress: s.view.rotation_in_progress,
         })
         .collect();
-    no_store(axum::Json(SecretList { secrets }).into_response())
+    axum::Json(SecretList { secrets }).into_response()
 }
 
 #[derive(Deserialize)]
@@ -152,21 +197,22 @@ struct StageQuery {
 
 async fn get_secret(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<StageQuery>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<StageQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (Path(name), Query(q)) = (name?, query?);
     let s = state.store.get(&name).ok_or(ApiError::NotFound("unknown secret"))?;
     let version = match q.stage.as_deref() {
         None | Some("AWSCURRENT") => s.current.ok_or(ApiError::NotReady)?,
-        Some("AWSPENDING") => s.pending.ok_or(ApiError::NotFound("no rotation in progress"))?,
+        Some("AWSPENDING") => s.view.pending.ok_or(ApiError::NotFound("no readable pending version"))?,
         Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
     };
     let etag = format!("\"{}\"", version.id);
     if if_none_match(&headers, &etag) {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         set_etag(&mut res, &etag);
-        return Ok(no_store(res));
+        return Ok(res);
     }
     let content_type = match s.spec.format {
         Format::Json => "application/json",
@@ -174,17 +220,22 @@ async fn get_secret(
     };
     let mut res = ([(header::CONTENT_TYPE, content_type)], version.value.expose().to_vec()).into_response();
     set_etag(&mut res, &etag);
-    Ok(no_store(res))
+    Ok(res)
 }
 
 async fn get_key(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((name, key)) = path?;
     key_value(&state, &name, &key)
 }
 
-async fn get_refresh_key(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_refresh_key(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name?;
     key_value(&state, &name, "refresh")
 }
 
@@ -202,13 +253,18 @@ fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiErr
     };
     let mut res = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
     set_etag(&mut res, &format!("\"{}\"", version.id));
-    Ok(no_store(res))
+    Ok(res)
 }
 
-async fn refresh(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn refresh(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name?;
+    // Dropping this future (the client hung up, or the timeout layer fired) only stops the waiting.
     match state.poller.refresh_now(&name).await {
         None => Err(ApiError::NotFound("unknown secret")),
-        Some(Ok(report)) => Ok(no_store(axum::Json(report).into_response())),
+        Some(Ok(report)) => Ok(axum::Json(report).into_response()),
         // The detail is logged by the poller; the body stays generic.
         Some(Err(_)) => Err(ApiError::Upstream),
     }
@@ -227,11 +283,6 @@ fn set_etag(res: &mut Response, etag: &str) {
     if let Ok(v) = HeaderValue::from_str(etag) {
         res.headers_mut().insert(header::ETAG, v);
     }
-}
-
-fn no_store(mut res: Response) -> Response {
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 #[cfg(test)]
@@ -261,7 +312,10 @@ mod tests {
             min_refresh_gap: Duration::from_secs(5),
         };
         let publisher = Publisher::new(out, FileOptions { mode: 0o440, uid: None, gid: None });
-        let poller = Poller::new(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let poller =
+            Poller::start(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs, &tracker, cancel);
         poller.refresh_now("db").await.unwrap().unwrap();
         app(AppState { store, poller, token: Some(SecretString::from("tok".to_owned())), max_staleness: None })
     }
@@ -320,6 +374,37 @@ mod tests {
             assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
         }
         assert_eq!(call(&app, "GET", "/healthz", &[("x-forwarded-for", "1.2.3.4")]).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    /// Issue 8: 405s and the router's Path/Query rejections answered text/plain or an empty body, without
+    /// `Cache-Control: no-store`.
+    #[tokio::test]
+    async fn every_error_is_json_and_every_answer_is_no_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(dir.path(), r#"{"db": {"user": "app"}}"#).await;
+        for (method, uri, want) in [
+            ("GET", "/v1/secrets/%ff", StatusCode::BAD_REQUEST),
+            ("GET", "/v1/secrets/db?stage=AWSCURRENT&stage=AWSPENDING", StatusCode::BAD_REQUEST),
+            ("GET", "/v1/secrets/db/%ff", StatusCode::BAD_REQUEST),
+            ("POST", "/v1/secrets/%ff/refresh", StatusCode::BAD_REQUEST),
+            ("DELETE", "/v1/secrets/db", StatusCode::METHOD_NOT_ALLOWED),
+            ("POST", "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/nothing", StatusCode::NOT_FOUND),
+            ("GET", "/v1/secrets/nope", StatusCode::NOT_FOUND),
+        ] {
+            let (s, h, body) = call(&app, method, uri, &[TOKEN]).await;
+            assert_eq!(s, want, "{method} {uri}: {body}");
+            assert_eq!(h[header::CONTENT_TYPE], "application/json", "{method} {uri}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{method} {uri}");
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(parsed["error"].is_string(), "{method} {uri}: {body}");
+            assert!(!body.contains("%ff") && !body.contains("AWSPENDING"), "no echo of the request: {body}");
+        }
+        assert_eq!(call(&app, "DELETE", "/v1/secrets/db", &[TOKEN]).await.1[header::ALLOW], "GET,HEAD");
+        for uri in ["/healthz", "/metrics", "/v1/secrets", "/v1/secrets/db", "/v1/secrets/db/user"] {
+            let (s, h, _) = call(&app, "GET", uri, &[TOKEN]).await;
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{uri} ({s})");
+        }
     }
 
     #[test]

@@ -3,17 +3,24 @@
 //! connection and a rotation becomes a non-event.
 //!
 //! # Layout
-//! Data flows one way: configuration → poller → store → files and HTTP.
+//! Data flows one way: configuration → source → poller → (files, store) → HTTP.
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
 //! - [`source`]: where values come from — Secrets Manager ([`source::aws`]) or a dev file ([`source::dev`]).
-//! - [`poller`]: one loop per secret deciding when to check, what to fetch, and publishing new versions.
+//! - [`poller`]: one task per secret that owns its check state, decides what to fetch, and publishes a new
+//!   version to its file and then the store in one step; forced refreshes are messages to that task.
+//! - [`schedule`]: when a secret is checked next, as a pure function of what happened to it.
 //! - [`publish`]: atomic writes of files on the shared volume.
-//! - [`store`]: the current state of every secret, and the readiness latch.
-//! - [`http`]: the token-protected `/v1/` API, served from the store.
-//! - [`health`]: `/healthz` and the `healthcheck` probe.
+//! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
+//!   readiness latch. Only the poller writes it.
+//! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
+//! - [`serve`]: the listener — HTTP/1.1, header-read timeout, connection cap, graceful shutdown.
+//! - [`health`]: what healthy means, and the `healthcheck` probe.
 //! - [`metrics`]: Prometheus counters and gauges at `/metrics`.
 //! - [`shutdown`]: signals and the shutdown grace period.
 //! - [`secret`], [`backoff`]: redacting value types; jitter and backoff arithmetic.
+//!
+//! The facts about Secrets Manager and its emulator that this code relies on are in
+//! `docs/secrets-manager.md`.
 
 pub mod backoff;
 pub mod config;
@@ -22,7 +29,9 @@ pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod publish;
+pub mod schedule;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod source;
 pub mod store;
@@ -68,6 +77,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     if removed > 0 {
         tracing::info!(removed, dir = %config.output_dir.display(), "removed temp files left by an earlier run");
     }
+    publisher.check_writable()?;
 
     let mut secrets = config.secrets.clone();
     let source = match &config.source {
@@ -99,9 +109,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     };
 
     let store = Arc::new(Store::new(&secrets));
-    let poller = Poller::new(source, store.clone(), publisher, Timing::from_config(&config), &secrets);
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
+    let poller = Poller::start(
+        source,
+        store.clone(),
+        publisher,
+        Timing::from_config(&config),
+        &secrets,
+        &tracker,
+        cancel.clone(),
+    );
 
     // Kept alive for the whole run: dropping the watcher stops it.
     let _watcher = match &config.source {
@@ -112,16 +130,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         SourceConfig::Aws { .. } => None,
     };
 
-    poller.spawn(&tracker, cancel.clone());
     let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
-    let server = axum::serve(listener, http::app(state)).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    tracker.spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));
 
     shutdown.await;
     cancel.cancel();

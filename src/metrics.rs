@@ -25,10 +25,12 @@ pub enum CheckResult {
     error,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Operation {
-    DescribeSecret,
-    GetSecretValue,
+pub use crate::source::Operation;
+
+impl EncodeLabelValue for Operation {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.as_str().encode(encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,61 +1,49 @@
-//! The poller: one task per secret that checks the source, publishes new versions to disk and to the
-//! store, and decides when to look again. It is also the only way to force a check
-//! ([`Poller::refresh_now`], behind `POST /v1/secrets/NAME/refresh`), so the HTTP layer never calls AWS itself.
+//! The poller: one task per secret that owns everything about checking it — its schedule, its mode
+//! (`DescribeSecret` or get-only), the versions it knows — and is the only writer of that secret's files
+//! and of its entry in the [`Store`], which is a read-only view for HTTP and health.
 //!
 //! A check is `DescribeSecret`, then `GetSecretValue` by `VersionId` only when the version carrying
 //! `AWSCURRENT` moved — one cheap call per interval in the common case, the loop the AWS caching clients and
-//! the CSI provider use (DOMAIN.md §2). Where `DescribeSecret` is denied, the secret falls back, once and with
-//! a warning, to `GetSecretValue(VersionStage=AWSCURRENT)` each interval and compares `VersionId`s.
+//! the CSI provider use. Where `DescribeSecret` is denied, the secret falls back, with a warning, to
+//! `GetSecretValue(VersionStage=AWSCURRENT)` each interval and compares `VersionId`s, and asks
+//! `DescribeSecret` again every [`DESCRIBE_REPROBE_INTERVAL`], so fixing the policy needs no restart.
+//! Refused credentials (an unknown or expired key) are a failure like a timeout and never change the mode.
 //!
-//! When to look again:
-//! - normally after `--refresh-interval` ±10%;
-//! - after a failure, with exponential backoff from about 1 s up to the refresh interval;
-//! - while a rotation is under way (`AWSPENDING` on another version), every `--rotation-poll-interval`, for
-//!   at most [`ROTATION_FAST_POLL_CAP`]: the single-user window ends when `finishSecret` moves `AWSCURRENT`,
-//!   and that should reach the file within seconds, not a minute;
-//! - after an app reported failing credentials and a forced check found nothing new, also every
-//!   `--rotation-poll-interval` for [`SUSPECT_WINDOW`]: RDS-managed rotation does not document its order, and
-//!   the app's failure is the best signal we have that something is about to move.
+//! When to look again is [`crate::schedule`]'s decision; this module only reports what happened.
 //!
-//! Checks of one secret never overlap: the background loop and forced refreshes take the same lock, which is
-//! also what makes a burst of forced refreshes share one API call.
+//! A forced check ([`Poller::refresh_now`], behind `POST /v1/secrets/NAME/refresh`) is a message to the
+//! secret's task with a reply channel. The task runs the check, so a client that hangs up (or an HTTP
+//! timeout) only stops the waiting: the check finishes, and its file and store updates happen together.
+//! Callers that arrive while a check is running join it and share its answer; callers inside
+//! `--min-refresh-gap` get the current metadata at once. Checks of one secret never overlap.
+//!
+//! Publishing a new `AWSCURRENT` writes the file, then the store, inside one blocking task: once the rename
+//! has started, nothing can stop the store update, so HTTP never serves a version the file does not have
+//! and readiness means "the file exists" (issue 8).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::{DEFAULT_BACKOFF_BASE, backoff, jittered, unit_random};
-use crate::config::{Config, Format, ROTATION_FAST_POLL_CAP, SecretSpec};
-use crate::metrics::{CheckResult, Metrics, Operation};
+use crate::backoff::unit_random;
+use crate::config::{Format, SecretSpec};
+use crate::metrics::{CheckResult, Metrics};
 use crate::publish::{Outcome, PublishError, Publisher};
-use crate::source::{FetchError, Fetched, Source};
-use crate::store::{Mode, Store, Version};
+pub use crate::schedule::Timing;
+use crate::schedule::{Checked, Failure, Forced, Schedule};
+use crate::source::{FetchError, Fetched, Operation, Source};
+use crate::store::{self, Store, Version, View};
 
-/// How long an app's report of failing credentials keeps a secret on fast polling.
-pub const SUSPECT_WINDOW: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub refresh_interval: Duration,
-    pub rotation_poll_interval: Duration,
-    pub min_refresh_gap: Duration,
-}
-
-impl Timing {
-    pub fn from_config(config: &Config) -> Self {
-        Timing {
-            refresh_interval: config.refresh_interval,
-            rotation_poll_interval: config.rotation_poll_interval,
-            min_refresh_gap: config.min_refresh_gap,
-        }
-    }
-}
+/// How often a secret in get-only mode asks `DescribeSecret` again, to notice a fixed policy.
+pub const DESCRIBE_REPROBE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Forced refreshes queued per secret before callers wait to enqueue.
+const QUEUE: usize = 64;
 
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +55,20 @@ pub enum CheckError {
     Invalid { version_id: String, reason: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("the poller is shutting down")]
+    Stopped,
+}
+
+impl CheckError {
+    /// How the schedule retries this failure: a file that could not be written (a full disk) or a
+    /// transient fetch error soon, a denial or an invalid value at the next interval.
+    fn failure(&self) -> Failure {
+        match self {
+            CheckError::Fetch(e) if e.is_transient() => Failure::Transient,
+            CheckError::Publish(_) | CheckError::Stopped => Failure::Transient,
+            CheckError::Fetch(_) | CheckError::Invalid { .. } => Failure::Permanent,
+        }
+    }
 }
 
 /// The answer to a forced refresh, and what a check reports.
@@ -79,343 +81,435 @@ pub struct RefreshReport {
     /// False when the call fell inside `--min-refresh-gap` and the source was not asked.
     pub fetched: bool,
     pub rotation_in_progress: bool,
+    /// The pending version served at `?stage=AWSPENDING`, if it could be read.
     pub pending_version_id: Option<String>,
 }
 
-/// Per-secret check state, guarded by the lock that serialises checks.
-struct CheckState {
-    mode: Mode,
-    last_check: Option<Instant>,
-    last_forced: Option<Instant>,
-    /// A version whose value was rejected, so it is not fetched again every interval.
-    rejected: Option<(String, String)>,
-    rotation_seen_at: Option<Instant>,
-    suspect_until: Option<Instant>,
-    failures: u32,
-    /// The wait after the last check, drawn once so a reschedule does not re-roll the jitter.
-    next_delay: Duration,
-    /// A forced refresh refused inside `--min-refresh-gap` asks for one check when the gap ends.
-    deferred_until: Option<Instant>,
+/// What a forced refresh answers; every caller sharing a check gets the same one.
+pub type RefreshAnswer = Result<RefreshReport, Arc<CheckError>>;
+
+enum Command {
+    /// A client's forced check.
+    Refresh(oneshot::Sender<RefreshAnswer>),
+    /// Check now, no gap (a dev-file edit).
+    Wake,
 }
 
-impl CheckState {
-    /// A rotation seen less than [`ROTATION_FAST_POLL_CAP`] ago, or an app's failure report within
-    /// [`SUSPECT_WINDOW`], puts the secret on `--rotation-poll-interval`.
-    fn fast_polling(&self, now: Instant) -> bool {
-        self.rotation_seen_at.is_some_and(|t| now.duration_since(t) < ROTATION_FAST_POLL_CAP)
-            || self.suspect_until.is_some_and(|t| now < t)
-    }
-}
-
-struct SecretCtl {
-    spec: SecretSpec,
-    state: Mutex<CheckState>,
-    /// Check now (a dev-file edit).
-    check_now: Notify,
-    /// The schedule changed (fast polling began); recompute the deadline without checking.
-    reschedule: Notify,
-}
-
-struct Inner {
-    source: Source,
-    metrics: Arc<Metrics>,
-    store: Arc<Store>,
-    publisher: Publisher,
-    timing: Timing,
-    secrets: HashMap<String, Arc<SecretCtl>>,
-}
-
+/// The handle to every secret's task.
 #[derive(Clone)]
 pub struct Poller {
-    inner: Arc<Inner>,
+    secrets: Arc<HashMap<String, mpsc::Sender<Command>>>,
+    metrics: Arc<Metrics>,
+}
+
+struct Shared {
+    source: Source,
+    store: Arc<Store>,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
 }
 
 impl Poller {
-    pub fn new(source: Source, store: Arc<Store>, publisher: Publisher, timing: Timing, specs: &[SecretSpec]) -> Self {
+    /// Starts one task per secret on `tracker`; each stops when `cancel` fires. The first checks run at
+    /// once and concurrently, so start-up takes one round trip, not one per secret.
+    pub fn start(
+        source: Source,
+        store: Arc<Store>,
+        publisher: Publisher,
+        timing: Timing,
+        specs: &[SecretSpec],
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self::start_with_jitter(source, store, publisher, timing, specs, tracker, cancel, unit_random)
+    }
+
+    /// [`Poller::start`] with a chosen jitter draw, so tests can count checks exactly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with_jitter(
+        source: Source,
+        store: Arc<Store>,
+        publisher: Publisher,
+        timing: Timing,
+        specs: &[SecretSpec],
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+        jitter: fn() -> f64,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared { source, store, publisher, metrics: metrics.clone() });
+        let now = Instant::now();
         let secrets = specs
             .iter()
             .map(|spec| {
-                let ctl = SecretCtl {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let task = SecretTask {
                     spec: spec.clone(),
-                    state: Mutex::new(CheckState {
-                        mode: Mode::Describe,
-                        last_check: None,
-                        last_forced: None,
-                        rejected: None,
-                        rotation_seen_at: None,
-                        suspect_until: None,
-                        failures: 0,
-                        next_delay: timing.refresh_interval,
-                        deferred_until: None,
-                    }),
-                    check_now: Notify::new(),
-                    reschedule: Notify::new(),
+                    shared: shared.clone(),
+                    schedule: Schedule::new(timing, now, Box::new(jitter)),
+                    mode: Mode::Describe,
+                    current: None,
+                    rejected: None,
+                    pending: Pending::None,
                 };
-                (spec.name.clone(), Arc::new(ctl))
+                tracker.spawn(task.run(rx, cancel.clone()));
+                (spec.name.clone(), tx)
             })
             .collect();
-        let metrics = Arc::new(Metrics::default());
-        Poller { inner: Arc::new(Inner { source, metrics, store, publisher, timing, secrets }) }
+        Poller { secrets: Arc::new(secrets), metrics }
     }
 
     /// What the checks so far counted, for `/metrics`.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
+        &self.metrics
     }
 
-    /// Starts one loop per secret on `tracker`; each stops when `cancel` fires. The first checks run at
-    /// once and concurrently, so start-up takes one round trip, not one per secret.
-    pub fn spawn(&self, tracker: &TaskTracker, cancel: CancellationToken) {
-        for ctl in self.inner.secrets.values() {
-            let (inner, ctl, cancel) = (self.inner.clone(), ctl.clone(), cancel.clone());
-            tracker.spawn(async move { inner.run_loop(ctl, cancel).await });
-        }
-    }
-
-    /// Makes every loop check now (used by the dev-file watcher).
+    /// Makes every secret check now (used by the dev-file watcher, from its own thread).
     pub fn wake_all(&self) {
-        for ctl in self.inner.secrets.values() {
-            ctl.check_now.notify_one();
+        for tx in self.secrets.values() {
+            // A full queue already holds a check.
+            let _ = tx.try_send(Command::Wake);
         }
     }
 
-    /// A check forced by a client. `None` for an unknown name.
-    pub async fn refresh_now(&self, name: &str) -> Option<Result<RefreshReport, CheckError>> {
-        let ctl = self.inner.secrets.get(name)?.clone();
-        let mut state = ctl.state.lock().await;
-        let now = Instant::now();
-        if let Some(t) = state.last_forced
-            && now.duration_since(t) < self.inner.timing.min_refresh_gap
-        {
-            // Not now, but not forgotten: the loop checks once when the gap ends, so a rotation that
-            // began just after the last forced check is seen seconds later rather than an interval later.
-            state.deferred_until = Some(t + self.inner.timing.min_refresh_gap);
-            ctl.reschedule.notify_one();
-            self.inner.metrics.forced(name, false);
-            return Some(Ok(self.inner.report(&ctl.spec, false, false)));
+    /// A check forced by a client. `None` for an unknown name. Dropping the future only stops waiting:
+    /// the check runs to its end in the secret's task.
+    pub async fn refresh_now(&self, name: &str) -> Option<RefreshAnswer> {
+        let tx = self.secrets.get(name)?;
+        let (reply, answer) = oneshot::channel();
+        if tx.send(Command::Refresh(reply)).await.is_err() {
+            return Some(Err(Arc::new(CheckError::Stopped)));
         }
-        self.inner.metrics.forced(name, true);
-        state.last_forced = Some(now);
-        let result = self.inner.check(&ctl, &mut state).await;
-        if let Ok(report) = &result
-            && !report.changed
-            && !report.rotation_in_progress
-        {
-            // The app says its credentials fail and nothing has moved yet: watch closely for a while.
-            state.suspect_until = Some(now + SUSPECT_WINDOW);
-        }
-        self.inner.after_check(&ctl, &mut state, &result);
-        // The check may have started fast polling (a rotation seen, or suspicion): the loop, asleep on the
-        // old deadline, recomputes it.
-        ctl.reschedule.notify_one();
-        Some(result)
+        Some(answer.await.unwrap_or_else(|_| Err(Arc::new(CheckError::Stopped))))
     }
 }
 
-impl Inner {
-    async fn run_loop(&self, ctl: Arc<SecretCtl>, cancel: CancellationToken) {
+/// How a secret is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `DescribeSecret` each check, `GetSecretValue` only on a new version.
+    Describe,
+    /// `DescribeSecret` was denied: `GetSecretValue(AWSCURRENT)` each check, and `DescribeSecret` again at
+    /// `reprobe_at`.
+    GetOnly { reprobe_at: Instant },
+}
+
+/// What is known of the version carrying `AWSPENDING` (on a version other than `AWSCURRENT`).
+enum Pending {
+    None,
+    /// Fetched and valid: served at `?stage=AWSPENDING`, never written to disk.
+    Served(Arc<Version>),
+    /// Unreadable or invalid for good (a failed rotation can leave `AWSPENDING` on a version with no
+    /// value): remembered, not fetched again while it stays pending.
+    Unusable {
+        id: String,
+    },
+    /// A transient failure fetching it: tried again at the next check.
+    Unread {
+        id: String,
+    },
+}
+
+impl Pending {
+    fn id(&self) -> Option<&str> {
+        match self {
+            Pending::None => None,
+            Pending::Served(v) => Some(&v.id),
+            Pending::Unusable { id } | Pending::Unread { id } => Some(id),
+        }
+    }
+
+    /// A rotation is in progress whether or not its value could be read: that is exactly the broken
+    /// rotation worth watching closely.
+    fn in_progress(&self) -> bool {
+        !matches!(self, Pending::None)
+    }
+
+    fn served(&self) -> Option<&Arc<Version>> {
+        match self {
+            Pending::Served(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// One secret's task and everything it owns.
+struct SecretTask {
+    spec: SecretSpec,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    mode: Mode,
+    /// The version published to the file and the store.
+    current: Option<Arc<Version>>,
+    /// A version whose value was rejected, with the reason, so it is not fetched again every check.
+    rejected: Option<(String, String)>,
+    pending: Pending,
+}
+
+impl SecretTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        let (shared, name) = (self.shared.clone(), self.spec.name.clone());
         loop {
-            {
-                let mut state = ctl.state.lock().await;
-                let result = tokio::select! {
-                    r = self.check(&ctl, &mut state) => r,
-                    () = cancel.cancelled() => return,
-                };
-                self.after_check(&ctl, &mut state, &result);
+            let mut waiters = Vec::new();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(self.schedule.deadline()) => {}
+                msg = rx.recv() => match msg {
+                    None => return,
+                    Some(Command::Wake) => self.schedule.wake(Instant::now()),
+                    Some(Command::Refresh(reply)) => match self.schedule.force(Instant::now()) {
+                        Forced::Allowed => {
+                            shared.metrics.forced(&name, true);
+                            waiters.push(reply);
+                        }
+                        Forced::Refused { .. } => {
+                            shared.metrics.forced(&name, false);
+                            let _ = reply.send(Ok(self.report(false, false)));
+                            continue;
+                        }
+                    },
+                },
             }
-            // Wait for the deadline, a dev edit, or a reschedule (which only recomputes the deadline).
-            loop {
-                let deadline = {
-                    let state = ctl.state.lock().await;
-                    self.deadline(&state)
-                };
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => break,
-                    () = ctl.check_now.notified() => break,
-                    () = ctl.reschedule.notified() => continue,
-                    () = cancel.cancelled() => return,
+            if waiters.is_empty() && self.schedule.deadline() > Instant::now() {
+                continue;
+            }
+
+            // The check runs here, in the task, so nobody outside can cancel it half-way; callers who
+            // arrive meanwhile join it.
+            let (started, forced) = (Instant::now(), !waiters.is_empty());
+            let mut wake_again = false;
+            let result = {
+                let mut check = std::pin::pin!(self.check());
+                loop {
+                    tokio::select! {
+                        r = &mut check => break r,
+                        // Shutdown may drop a check; a publish in flight still completes (see the module doc).
+                        () = cancel.cancelled() => return,
+                        Some(msg) = rx.recv() => match msg {
+                            Command::Wake => wake_again = true,
+                            Command::Refresh(reply) => {
+                                shared.metrics.forced(&name, true);
+                                waiters.push(reply);
+                            }
+                        },
+                    }
                 }
+            };
+            if !forced && !waiters.is_empty() {
+                self.schedule.joined(started);
+            }
+            let answer = self.record(Instant::now(), !waiters.is_empty(), result);
+            for waiter in waiters {
+                // A caller that gave up has dropped its receiver; the check counted all the same.
+                let _ = waiter.send(answer.clone());
+            }
+            if wake_again {
+                self.schedule.wake(Instant::now());
             }
         }
     }
 
-    fn deadline(&self, state: &CheckState) -> Instant {
-        let last = state.last_check.unwrap_or_else(Instant::now);
-        let fast = state.failures == 0 && state.fast_polling(Instant::now());
-        let delay = if fast { state.next_delay.min(self.timing.rotation_poll_interval) } else { state.next_delay };
-        let scheduled = last + delay;
-        state.deferred_until.map_or(scheduled, |d| d.min(scheduled))
-    }
-
-    /// Bookkeeping after every check, forced or not: store, logs, and the next delay.
-    fn after_check(&self, ctl: &SecretCtl, state: &mut CheckState, result: &Result<RefreshReport, CheckError>) {
-        let now = Instant::now();
-        state.last_check = Some(now);
-        state.deferred_until = None;
-        let name = &ctl.spec.name;
-        match result {
-            Ok(report) => {
-                let result = if report.changed { CheckResult::changed } else { CheckResult::unchanged };
-                self.metrics.check(name, result);
-                self.metrics.success(name, SystemTime::now(), report.rotation_in_progress);
-                state.failures = 0;
-                let was_rotating = state.rotation_seen_at.is_some();
-                match (report.rotation_in_progress, was_rotating) {
-                    (true, false) => {
-                        state.rotation_seen_at = Some(now);
-                        tracing::info!(secret = %name, pending_version = ?report.pending_version_id,
-                            "rotation in progress: polling every {}",
-                            humantime::format_duration(self.timing.rotation_poll_interval));
-                    }
-                    (false, true) => {
-                        state.rotation_seen_at = None;
-                        tracing::info!(secret = %name, version = ?report.version_id, "rotation finished");
-                    }
-                    _ => {}
-                }
-                if report.changed {
-                    state.suspect_until = None;
-                }
-                state.next_delay = if state.fast_polling(now) {
-                    jittered(self.timing.rotation_poll_interval, unit_random())
-                } else {
-                    jittered(self.timing.refresh_interval, unit_random())
-                };
-                self.store.update(name, |s| {
-                    s.last_success = Some((now, SystemTime::now()));
-                    s.last_error = None;
-                    s.mode = state.mode;
-                });
+    /// Bookkeeping after every check, forced or not: metrics, logs, the schedule, and the store's view.
+    fn record(&mut self, now: Instant, forced: bool, result: Result<bool, CheckError>) -> RefreshAnswer {
+        let name = &self.spec.name;
+        let metrics = &self.shared.metrics;
+        let rotation_in_progress = self.pending.in_progress();
+        let answer = match result {
+            Ok(changed) => {
+                metrics.check(name, if changed { CheckResult::changed } else { CheckResult::unchanged });
+                metrics.success(name, SystemTime::now(), rotation_in_progress);
+                self.schedule.checked(now, Checked { changed, rotation_in_progress, forced });
+                Ok(self.report(changed, true))
             }
             Err(err) => {
-                self.metrics.check(name, CheckResult::error);
-                let delay = backoff(state.failures, DEFAULT_BACKOFF_BASE, self.timing.refresh_interval, unit_random());
-                state.failures = state.failures.saturating_add(1);
-                state.next_delay = delay;
-                tracing::warn!(secret = %name, secret_id = %ctl.spec.secret_id, error = %err,
-                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
+                metrics.check(name, CheckResult::error);
+                let retry_in = self.schedule.failed(now, err.failure());
+                tracing::warn!(secret = %name, secret_id = %self.spec.secret_id, error = %err,
+                    retry_in = %humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1))),
                     "refresh failed; keeping the last good value");
-                self.store.update(name, |s| {
-                    s.last_error = Some(err.to_string());
-                    s.mode = state.mode;
-                });
+                Err(Arc::new(err))
             }
-        }
+        };
+        let view = View {
+            mode: match self.mode {
+                Mode::Describe => store::Mode::Describe,
+                Mode::GetOnly { .. } => store::Mode::GetOnly,
+            },
+            pending: self.pending.served().cloned(),
+            rotation_in_progress,
+        };
+        let error = answer.as_ref().err().map(|e| e.to_string());
+        self.shared.store.update(name, |s| {
+            s.view = view;
+            match error {
+                None => {
+                    s.last_success = Some((now, SystemTime::now()));
+                    s.last_error = None;
+                }
+                Some(e) => s.last_error = Some(e),
+            }
+        });
+        answer
     }
 
-    fn report(&self, spec: &SecretSpec, changed: bool, fetched: bool) -> RefreshReport {
-        let s = self.store.get(&spec.name);
+    fn report(&self, changed: bool, fetched: bool) -> RefreshReport {
         RefreshReport {
-            name: spec.name.clone(),
-            version_id: s.as_ref().and_then(|s| s.current.as_ref().map(|v| v.id.clone())),
+            name: self.spec.name.clone(),
+            version_id: self.current.as_ref().map(|v| v.id.clone()),
             changed,
             fetched,
-            rotation_in_progress: s.as_ref().is_some_and(|s| s.rotation_in_progress),
-            pending_version_id: s.as_ref().and_then(|s| s.pending.as_ref().map(|v| v.id.clone())),
+            rotation_in_progress: self.pending.in_progress(),
+            pending_version_id: self.pending.served().map(|v| v.id.clone()),
         }
     }
 
     /// Awaits one source call, counting it (a dev-file read counts as the call it stands in for).
-    async fn counted<T>(&self, spec: &SecretSpec, op: Operation, call: impl Future<Output = T>) -> T {
-        self.metrics.api_call(&spec.name, op);
+    async fn counted<T>(&self, op: Operation, call: impl Future<Output = T>) -> T {
+        self.shared.metrics.api_call(&self.spec.name, op);
         call.await
     }
 
-    /// One check of one secret. The caller holds the secret's lock.
-    async fn check(&self, ctl: &SecretCtl, state: &mut CheckState) -> Result<RefreshReport, CheckError> {
-        let spec = &ctl.spec;
-        let held = self.store.get(&spec.name).and_then(|s| s.current.map(|v| v.id.clone()));
-
-        if state.mode == Mode::Describe {
-            match self.counted(spec, Operation::DescribeSecret, self.source.describe(spec)).await {
+    /// One check. `Ok(true)` when a new `AWSCURRENT` version was published.
+    async fn check(&mut self) -> Result<bool, CheckError> {
+        let now = Instant::now();
+        let describe = match self.mode {
+            Mode::Describe => true,
+            Mode::GetOnly { reprobe_at } => now >= reprobe_at,
+        };
+        if describe {
+            let spec = &self.spec;
+            match self.counted(Operation::DescribeSecret, self.shared.source.describe(spec)).await {
                 Ok(labels) => {
-                    let changed = if held.as_deref() == Some(labels.current.as_str()) {
+                    if let Mode::GetOnly { .. } = self.mode {
+                        tracing::info!(secret = %spec.name, "DescribeSecret is allowed again: rotations in progress \
+                            are seen again");
+                        self.mode = Mode::Describe;
+                    }
+                    let changed = if self.current.as_ref().is_some_and(|v| v.id == labels.current) {
                         false
-                    } else if let Some((v, reason)) = &state.rejected
+                    } else if let Some((v, reason)) = &self.rejected
                         && *v == labels.current
                     {
                         return Err(CheckError::Invalid { version_id: v.clone(), reason: reason.clone() });
                     } else {
-                        let get = self.source.get_version(spec, &labels.current);
-                        let fetched = self.counted(spec, Operation::GetSecretValue, get).await?;
-                        self.publish_current(spec, state, fetched).await?
+                        let get = self.shared.source.get_version(spec, &labels.current);
+                        let fetched = self.counted(Operation::GetSecretValue, get).await?;
+                        self.publish_current(fetched).await?;
+                        true
                     };
-                    self.track_pending(spec, labels.pending).await;
-                    return Ok(self.report(spec, changed, true));
+                    self.track_pending(labels.pending).await;
+                    return Ok(changed);
                 }
-                Err(FetchError::AccessDenied { operation: "DescribeSecret" }) => {
-                    tracing::warn!(secret = %spec.name, secret_id = %spec.secret_id,
-                        "DescribeSecret is denied: falling back to GetSecretValue(AWSCURRENT) every interval; \
-                         rotations in progress cannot be seen (grant secretsmanager:DescribeSecret to fix)");
-                    state.mode = Mode::GetOnly;
+                Err(FetchError::AccessDenied { operation: Operation::DescribeSecret }) => {
+                    if self.mode == Mode::Describe {
+                        tracing::warn!(secret = %spec.name, secret_id = %spec.secret_id,
+                            "DescribeSecret is denied: falling back to GetSecretValue(AWSCURRENT) every interval; \
+                             rotations in progress cannot be seen until it is allowed (asked again every {}; \
+                             grant secretsmanager:DescribeSecret to fix)",
+                            humantime::format_duration(DESCRIBE_REPROBE_INTERVAL));
+                    }
+                    self.mode = Mode::GetOnly { reprobe_at: now + DESCRIBE_REPROBE_INTERVAL };
+                    self.pending = Pending::None;
+                }
+                // A re-probe that fails for another reason says nothing about the policy: the value is
+                // still read the get-only way, and the next check asks again.
+                Err(e) if matches!(self.mode, Mode::GetOnly { .. }) => {
+                    tracing::debug!(secret = %spec.name, error = %e, "DescribeSecret re-probe failed");
                 }
                 Err(e) => return Err(e.into()),
             }
         }
 
-        let fetched = self.counted(spec, Operation::GetSecretValue, self.source.get_current(spec)).await?;
-        let changed = if held.as_deref() == Some(fetched.version_id.as_str()) {
-            false
-        } else {
-            self.publish_current(spec, state, fetched).await?
-        };
-        Ok(self.report(spec, changed, true))
-    }
-
-    /// Validates and publishes a new current version: file first, then the store, so that HTTP never
-    /// serves a version the file does not have and readiness means "the file exists".
-    async fn publish_current(
-        &self,
-        spec: &SecretSpec,
-        state: &mut CheckState,
-        fetched: Fetched,
-    ) -> Result<bool, CheckError> {
-        if let Err(reason) = validate(spec.format, &fetched) {
-            state.rejected = Some((fetched.version_id.clone(), reason.clone()));
-            return Err(CheckError::Invalid { version_id: fetched.version_id, reason });
+        let get = self.shared.source.get_current(&self.spec);
+        let fetched = self.counted(Operation::GetSecretValue, get).await?;
+        if self.current.as_ref().is_some_and(|v| v.id == fetched.version_id) {
+            return Ok(false);
         }
-        state.rejected = None;
-        let version = Arc::new(Version { id: fetched.version_id, value: fetched.value, since: SystemTime::now() });
-        let (publisher, file_name, v) = (self.publisher.clone(), spec.file_name(), version.clone());
-        let outcome = tokio::task::spawn_blocking(move || publisher.publish(&file_name, v.value.expose()))
-            .await
-            .expect("publish task does not panic")?;
-        tracing::info!(secret = %spec.name, version = %version.id,
-            file = %self.publisher.dir().join(spec.file_name()).display(),
-            unchanged_on_disk = (outcome == Outcome::Unchanged), "published new version");
-        self.store.update(&spec.name, |s| s.current = Some(version));
+        self.publish_current(fetched).await?;
         Ok(true)
     }
 
-    /// Keeps the pending value in memory while a rotation is under way; it never goes to disk.
-    async fn track_pending(&self, spec: &SecretSpec, pending: Option<String>) {
-        let held = self.store.get(&spec.name).and_then(|s| s.pending.map(|v| v.id.clone()));
-        let value = match pending {
-            None => None,
-            Some(id) if held.as_deref() == Some(id.as_str()) => {
-                self.store.update(&spec.name, |s| s.rotation_in_progress = true);
+    /// Validates and publishes a new current version: the file, then the store, as one step.
+    async fn publish_current(&mut self, fetched: Fetched) -> Result<(), CheckError> {
+        let spec = &self.spec;
+        if let Err(reason) = validate(spec.format, &fetched) {
+            self.rejected = Some((fetched.version_id.clone(), reason.clone()));
+            return Err(CheckError::Invalid { version_id: fetched.version_id, reason });
+        }
+        self.rejected = None;
+        let version = Arc::new(Version { id: fetched.version_id, value: fetched.value, since: SystemTime::now() });
+        let (publisher, store, file_name, name, v) = (
+            self.shared.publisher.clone(),
+            self.shared.store.clone(),
+            spec.file_name(),
+            spec.name.clone(),
+            version.clone(),
+        );
+        // One blocking task for both: a blocking task runs to its end even if this future is dropped, so
+        // the store can never lag behind the file (issue 8: a torn forced refresh).
+        let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = publisher.publish(&file_name, v.value.expose())?;
+            store.update(&name, |s| s.current = Some(v));
+            Ok::<_, PublishError>(outcome)
+        })
+        .await
+        .expect("publish task does not panic")?;
+        tracing::info!(secret = %spec.name, version = %version.id,
+            file = %self.shared.publisher.dir().join(spec.file_name()).display(),
+            unchanged_on_disk = (outcome == Outcome::Unchanged), "published new version");
+        self.current = Some(version);
+        Ok(())
+    }
+
+    /// Keeps the pending value in memory while a rotation is under way; it never goes to disk. A version
+    /// already served or known to be unusable is not fetched again.
+    async fn track_pending(&mut self, pending: Option<String>) {
+        let spec = &self.spec;
+        let next = match pending {
+            None => Pending::None,
+            Some(id)
+                if self.pending.id() == Some(id.as_str())
+                    && matches!(self.pending, Pending::Served(_) | Pending::Unusable { .. }) =>
+            {
                 return;
             }
-            Some(id) => match self.counted(spec, Operation::GetSecretValue, self.source.get_version(spec, &id)).await {
-                Ok(f) => match validate(spec.format, &f) {
-                    Ok(()) => Some(Arc::new(Version { id: f.version_id, value: f.value, since: SystemTime::now() })),
-                    Err(reason) => {
-                        tracing::warn!(secret = %spec.name, version = %id, %reason, "pending version not served");
-                        None
+            Some(id) => {
+                let get = self.shared.source.get_version(spec, &id);
+                match self.counted(Operation::GetSecretValue, get).await {
+                    Ok(f) => match validate(spec.format, &f) {
+                        Ok(()) => Pending::Served(Arc::new(Version {
+                            id: f.version_id,
+                            value: f.value,
+                            since: SystemTime::now(),
+                        })),
+                        Err(reason) => {
+                            tracing::warn!(secret = %spec.name, version = %id, %reason,
+                                "pending version not served; not fetched again while it stays pending");
+                            Pending::Unusable { id }
+                        }
+                    },
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(secret = %spec.name, version = %id, error = %e,
+                            "pending version not readable now; trying again at the next check");
+                        Pending::Unread { id }
                     }
-                },
-                Err(e) => {
-                    // A failed rotation can leave AWSPENDING on a version with no value (DOMAIN.md §1.1).
-                    tracing::warn!(secret = %spec.name, version = %id, error = %e, "pending version not readable");
-                    None
+                    Err(e) => {
+                        // A failed rotation can leave AWSPENDING on a version with no value.
+                        tracing::warn!(secret = %spec.name, version = %id, error = %e,
+                            "pending version not readable; not fetched again while it stays pending");
+                        Pending::Unusable { id }
+                    }
                 }
-            },
+            }
         };
-        let rotating = value.is_some();
-        self.store.update(&spec.name, |s| {
-            s.pending = value;
-            s.rotation_in_progress = rotating;
-        });
+        match (self.pending.in_progress(), next.in_progress()) {
+            (false, true) => tracing::info!(secret = %spec.name, pending_version = ?next.id(),
+                "rotation in progress: polling fast"),
+            (true, false) => tracing::info!(secret = %spec.name,
+                version = ?self.current.as_ref().map(|v| &v.id), "rotation finished"),
+            _ => {}
+        }
+        self.pending = next;
     }
 }
 
@@ -446,6 +540,8 @@ mod tests {
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
 
+    const S: Duration = Duration::from_secs(1);
+
     fn fetched(v: &str, binary: bool) -> Fetched {
         Fetched { version_id: "v".into(), value: SecretValue::from(v.to_owned()), binary }
     }
@@ -465,32 +561,68 @@ mod tests {
         assert!(!reason.contains("s3cr3t"), "{reason}");
     }
 
-    fn timing() -> Timing {
-        Timing {
-            refresh_interval: Duration::from_secs(60),
-            rotation_poll_interval: Duration::from_secs(2),
-            min_refresh_gap: Duration::from_secs(5),
+    /// A running poller over mocked Secrets Manager, with jitter fixed at its midpoint so that every wait
+    /// is exactly its interval: 60 s, 2 s while polling fast, a 5 s gap.
+    struct Harness {
+        poller: Poller,
+        store: Arc<Store>,
+        dir: tempfile::TempDir,
+        cancel: CancellationToken,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.cancel.cancel();
         }
     }
 
-    fn poller(rules: &[&Rule], dir: &std::path::Path) -> (Poller, Arc<Store>) {
-        let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules);
-        let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
-        let store = Arc::new(Store::new(std::slice::from_ref(&spec)));
-        let publisher = Publisher::new(dir.to_path_buf(), FileOptions { mode: 0o440, uid: None, gid: None });
-        let poller =
-            Poller::new(Source::Aws(AwsSource::from_client(client)), store.clone(), publisher, timing(), &[spec]);
-        (poller, store)
+    impl Harness {
+        fn start(rules: &[&Rule]) -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules);
+            let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
+            let store = Arc::new(Store::new(std::slice::from_ref(&spec)));
+            let publisher = Publisher::new(dir.path().to_path_buf(), FileOptions { mode: 0o440, uid: None, gid: None });
+            let timing = Timing { refresh_interval: 60 * S, rotation_poll_interval: 2 * S, min_refresh_gap: 5 * S };
+            let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+            let source = Source::Aws(AwsSource::from_client(client));
+            let poller = Poller::start_with_jitter(
+                source,
+                store.clone(),
+                publisher,
+                timing,
+                &[spec],
+                &tracker,
+                cancel.clone(),
+                || 0.5,
+            );
+            Harness { poller, store, dir, cancel }
+        }
+
+        fn state(&self) -> crate::store::SecretState {
+            self.store.get("db").unwrap()
+        }
+
+        fn file(&self) -> Option<Vec<u8>> {
+            std::fs::read(self.dir.path().join("db.json")).ok()
+        }
     }
 
-    fn describe(current: &'static str, pending: Option<&'static str>) -> Rule {
-        mock!(Client::describe_secret).then_output(move || {
-            let mut b = DescribeSecretOutput::builder().version_ids_to_stages(current, vec!["AWSCURRENT".into()]);
-            if let Some(p) = pending {
-                b = b.version_ids_to_stages(p, vec!["AWSPENDING".into()]);
-            }
-            b.build()
-        })
+    /// Sleeps until `secs` seconds after the harness started (paused time; checks take no time).
+    async fn at(t0: Instant, secs: f64) {
+        tokio::time::sleep_until(t0 + Duration::from_secs_f64(secs)).await;
+    }
+
+    fn describe(current: &'static str, pending: Option<&'static str>) -> DescribeSecretOutput {
+        let mut b = DescribeSecretOutput::builder().version_ids_to_stages(current, vec!["AWSCURRENT".into()]);
+        if let Some(p) = pending {
+            b = b.version_ids_to_stages(p, vec!["AWSPENDING".into()]);
+        }
+        b.build()
+    }
+
+    fn describes(current: &'static str, pending: Option<&'static str>) -> Rule {
+        mock!(Client::describe_secret).then_output(move || describe(current, pending))
     }
 
     fn get_version(id: &'static str, value: &'static str) -> Rule {
@@ -499,19 +631,24 @@ mod tests {
             .then_output(move || GetSecretValueOutput::builder().version_id(id).secret_string(value).build())
     }
 
-    #[tokio::test]
+    /// An error as Secrets Manager sends it on the wire.
+    fn aws_error(code: &'static str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
+        move || {
+            HttpResponse::new(
+                StatusCode::try_from(400).unwrap(),
+                SdkBody::from(format!(r#"{{"__type":"{code}","message":"no"}}"#)),
+            )
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn unchanged_version_costs_one_describe_and_no_get() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = describe("v1", None);
-        let g = get_version("v1", r#"{"password":"a"}"#);
-        let (p, store) = poller(&[&d, &g], dir.path());
-        let first = p.refresh_now("db").await.unwrap().unwrap();
-        assert!(first.changed && first.fetched);
-        p.inner.secrets["db"].state.lock().await.last_forced = None;
-        let second = p.refresh_now("db").await.unwrap().unwrap();
-        assert!(!second.changed && second.fetched);
+        let (d, g) = (describes("v1", None), get_version("v1", r#"{"password":"a"}"#));
+        let h = Harness::start(&[&d, &g]);
+        let t0 = Instant::now();
+        at(t0, 61.0).await;
         assert_eq!((d.num_calls(), g.num_calls()), (2, 1));
-        let metrics = p.metrics().encode();
+        let metrics = h.poller.metrics().encode();
         for line in [
             r#"secrets_sidecar_api_calls_total{secret="db",operation="DescribeSecret"} 2"#,
             r#"secrets_sidecar_api_calls_total{secret="db",operation="GetSecretValue"} 1"#,
@@ -520,166 +657,259 @@ mod tests {
         ] {
             assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
         }
-        assert_eq!(store.get("db").unwrap().current.unwrap().id, "v1");
-        assert_eq!(std::fs::read(dir.path().join("db.json")).unwrap(), br#"{"password":"a"}"#);
+        assert_eq!(h.state().current.unwrap().id, "v1");
+        assert_eq!(h.file().unwrap(), br#"{"password":"a"}"#);
     }
 
-    #[tokio::test]
-    async fn forced_refreshes_inside_the_gap_share_one_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = describe("v1", None);
-        let g = get_version("v1", r#"{"password":"a"}"#);
-        let (p, _) = poller(&[&d, &g], dir.path());
+    #[tokio::test(start_paused = true)]
+    async fn steady_state_polls_exactly_once_per_interval() {
+        let (d, g) = (describes("v1", None), get_version("v1", r#"{"password":"a"}"#));
+        let _h = Harness::start(&[&d, &g]);
+        let t0 = Instant::now();
+        at(t0, 3600.5).await;
+        assert_eq!(d.num_calls(), 61, "at 0, 60, …, 3600 s");
+        assert_eq!(g.num_calls(), 1, "GetSecretValue only for the first version");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_forced_refreshes_share_one_check() {
+        let (d, g) = (describes("v1", None), get_version("v1", r#"{"password":"a"}"#));
+        let h = Harness::start(&[&d, &g]);
+        at(Instant::now(), 10.0).await;
         let calls: Vec<_> = (0..50)
             .map(|_| {
-                let p = p.clone();
+                let p = h.poller.clone();
                 tokio::spawn(async move { p.refresh_now("db").await })
             })
             .collect();
-        let mut fetched = 0;
         for c in calls {
             let r = c.await.unwrap().unwrap().unwrap();
-            fetched += usize::from(r.fetched);
             assert_eq!(r.version_id.as_deref(), Some("v1"));
         }
-        assert_eq!((fetched, d.num_calls(), g.num_calls()), (1, 1, 1));
+        assert_eq!((d.num_calls(), g.num_calls()), (2, 1), "the first check and one forced one");
+        let metrics = h.poller.metrics().encode();
+        let forced: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("secrets_sidecar_forced_refreshes_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(forced, 50, "{metrics}");
     }
 
-    #[tokio::test]
+    /// Issue 8: a forced check ran in the request's future, so a client hanging up could cancel it between
+    /// the file's rename and the store update. Now the caller only stops waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_refresh_whose_caller_gives_up_still_publishes_file_and_store_together() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", None))
+            .output(|| describe("v2", None))
+            .repeatedly()
+            .build();
+        let (g1, g2) = (get_version("v1", r#"{"p":"1"}"#), get_version("v2", r#"{"p":"2"}"#));
+        let h = Harness::start(&[&d, &g1, &g2]);
+        let t0 = Instant::now();
+        at(t0, 10.0).await;
+        // Polled once (it sends the request), then dropped before any answer.
+        let gave_up = tokio::time::timeout(Duration::ZERO, h.poller.refresh_now("db")).await;
+        assert!(gave_up.is_err(), "the caller gave up before the answer");
+        at(t0, 10.5).await;
+        assert_eq!(h.state().current.unwrap().id, "v2");
+        assert_eq!(h.file().unwrap(), br#"{"p":"2"}"#);
+        assert_eq!(g2.num_calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn pending_version_is_held_in_memory_and_not_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = describe("v1", Some("v2"));
-        let g1 = get_version("v1", r#"{"password":"old"}"#);
-        let g2 = get_version("v2", r#"{"password":"new"}"#);
-        let (p, store) = poller(&[&d, &g1, &g2], dir.path());
-        let r = p.refresh_now("db").await.unwrap().unwrap();
+        let d = describes("v1", Some("v2"));
+        let (g1, g2) = (get_version("v1", r#"{"password":"old"}"#), get_version("v2", r#"{"password":"new"}"#));
+        let h = Harness::start(&[&d, &g1, &g2]);
+        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
         assert!(r.rotation_in_progress);
         assert_eq!(r.pending_version_id.as_deref(), Some("v2"));
-        assert_eq!(store.get("db").unwrap().pending.unwrap().value.expose(), br#"{"password":"new"}"#);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(h.state().view.pending.unwrap().value.expose(), br#"{"password":"new"}"#);
+        let names: Vec<_> = std::fs::read_dir(h.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["db.json"]);
-        assert_eq!(std::fs::read(dir.path().join("db.json")).unwrap(), br#"{"password":"old"}"#);
-    }
-
-    #[tokio::test]
-    async fn denied_describe_falls_back_to_get_current_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let denied = mock!(Client::describe_secret).then_http_response(|| {
-            HttpResponse::new(
-                StatusCode::try_from(400).unwrap(),
-                SdkBody::from(r#"{"__type":"AccessDeniedException","message":"no"}"#),
-            )
-        });
-        let current = mock!(Client::get_secret_value)
-            .match_requests(|r| r.version_stage() == Some("AWSCURRENT"))
-            .then_output(|| GetSecretValueOutput::builder().version_id("v1").secret_string(r#"{"a":1}"#).build());
-        let (p, store) = poller(&[&denied, &current], dir.path());
-        assert!(p.refresh_now("db").await.unwrap().unwrap().changed);
-        p.inner.secrets["db"].state.lock().await.last_forced = None;
-        assert!(!p.refresh_now("db").await.unwrap().unwrap().changed);
-        assert_eq!((denied.num_calls(), current.num_calls()), (1, 2), "describe is not retried after the denial");
-        assert_eq!(store.get("db").unwrap().mode, Mode::GetOnly);
-    }
-
-    /// Starts the background loops, as `run` does.
-    fn start_loops(p: &Poller) -> (TaskTracker, CancellationToken) {
-        let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-        p.spawn(&tracker, cancel.clone());
-        (tracker, cancel)
-    }
-
-    /// Counts DescribeSecret calls in `[from, to)` minutes of paused time while the loop runs.
-    async fn describes_between(d: &Rule, from: u64, to: u64) -> usize {
-        tokio::time::sleep(Duration::from_secs(from * 60)).await;
-        let before = d.num_calls();
-        tokio::time::sleep(Duration::from_secs((to - from) * 60)).await;
-        d.num_calls() - before
+        assert_eq!(h.file().unwrap(), br#"{"password":"old"}"#);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_rotation_polls_fast_for_fifteen_minutes_then_at_the_normal_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = describe("v1", Some("v2"));
-        let g1 = get_version("v1", r#"{"password":"old"}"#);
-        let g2 = get_version("v2", r#"{"password":"new"}"#);
-        let (p, _) = poller(&[&d, &g1, &g2], dir.path());
-        let (tracker, cancel) = start_loops(&p);
-        // Minutes 0-10: every 2 s ±10% → about 300 checks. Minutes 16-26: every 60 s ±10% → about 10.
-        let fast = describes_between(&d, 0, 10).await;
-        let slow = describes_between(&d, 6, 16).await;
-        cancel.cancel();
-        tracker.close();
-        tracker.wait().await;
-        assert!((270..=335).contains(&fast), "fast polling: {fast} checks in 10 min");
-        assert!((8..=12).contains(&slow), "after the cap: {slow} checks in 10 min");
+        let d = describes("v1", Some("v2"));
+        let (g1, g2) = (get_version("v1", r#"{"password":"old"}"#), get_version("v2", r#"{"password":"new"}"#));
+        let _h = Harness::start(&[&d, &g1, &g2]);
+        let t0 = Instant::now();
+        at(t0, 600.5).await;
+        assert_eq!(d.num_calls(), 301, "every 2 s from 0 to 600 s");
+        at(t0, 900.5).await;
+        assert_eq!(d.num_calls(), 451, "the check at 900 s is the last fast one's successor");
+        at(t0, 1500.5).await;
+        assert_eq!(d.num_calls(), 461, "then every 60 s: 960 … 1500");
         assert_eq!(g2.num_calls(), 1, "the pending value is fetched once");
+    }
+
+    /// Issue 8: an invalid or unreadable AWSPENDING version was fetched again on every check, and the
+    /// rotation was not reported, so nothing polled fast during exactly the broken rotation.
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_pending_version_is_remembered_and_still_counts_as_a_rotation() {
+        for bad in [
+            get_version("v2", "not json"),
+            mock!(Client::get_secret_value)
+                .match_requests(|r| r.version_id() == Some("v2"))
+                .then_http_response(aws_error("DecryptionFailure")),
+        ] {
+            let d = describes("v1", Some("v2"));
+            let g1 = get_version("v1", r#"{"a":1}"#);
+            let h = Harness::start(&[&d, &g1, &bad]);
+            let t0 = Instant::now();
+            at(t0, 10.5).await;
+            let view = h.state().view;
+            assert!(view.rotation_in_progress && view.pending.is_none());
+            assert_eq!(d.num_calls(), 6, "fast polling: 0, 2, …, 10 s");
+            assert_eq!(bad.num_calls(), 1, "fetched once, then remembered");
+            assert!(h.state().last_error.is_none(), "the current value is fine");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_denied_describe_falls_back_and_is_asked_again_every_hour() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .http_response(aws_error("AccessDeniedException"))
+            .times(2)
+            .output(|| describe("v1", None))
+            .repeatedly()
+            .build();
+        let current = mock!(Client::get_secret_value)
+            .match_requests(|r| r.version_stage() == Some("AWSCURRENT"))
+            .then_output(|| GetSecretValueOutput::builder().version_id("v1").secret_string(r#"{"a":1}"#).build());
+        let h = Harness::start(&[&d, &current]);
+        let t0 = Instant::now();
+        at(t0, 0.5).await;
+        assert_eq!(h.state().view.mode, crate::store::Mode::GetOnly);
+        assert_eq!(h.state().current.unwrap().id, "v1");
+        at(t0, 3599.5).await;
+        assert_eq!(d.num_calls(), 1, "not asked again inside the hour");
+        assert_eq!(current.num_calls(), 60);
+        at(t0, 3600.5).await;
+        assert_eq!((d.num_calls(), h.state().view.mode), (2, crate::store::Mode::GetOnly), "still denied");
+        at(t0, 7200.5).await;
+        assert_eq!((d.num_calls(), h.state().view.mode), (3, crate::store::Mode::Describe), "allowed again");
+        let gets = current.num_calls();
+        at(t0, 7260.5).await;
+        assert_eq!((d.num_calls(), current.num_calls()), (4, gets), "back to one DescribeSecret per interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_probe_that_fails_otherwise_keeps_reading_the_get_only_way() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .http_response(aws_error("AccessDeniedException"))
+            .http_response(aws_error("UnrecognizedClientException"))
+            .repeatedly()
+            .build();
+        let current = mock!(Client::get_secret_value)
+            .match_requests(|r| r.version_stage() == Some("AWSCURRENT"))
+            .then_output(|| GetSecretValueOutput::builder().version_id("v1").secret_string(r#"{"a":1}"#).build());
+        let h = Harness::start(&[&d, &current]);
+        let t0 = Instant::now();
+        at(t0, 3660.5).await;
+        let s = h.state();
+        assert_eq!((d.num_calls(), current.num_calls()), (3, 62), "re-probes at 3600 and 3660 s, values every 60 s");
+        assert_eq!(s.view.mode, crate::store::Mode::GetOnly);
+        assert!(s.last_error.is_none(), "{:?}", s.last_error);
+    }
+
+    /// Issue 8: `UnrecognizedClientException` was mapped to AccessDenied, and one such answer switched the
+    /// secret to get-only mode for the life of the process.
+    #[tokio::test(start_paused = true)]
+    async fn refused_credentials_are_retried_soon_and_never_change_the_mode() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .http_response(aws_error("UnrecognizedClientException"))
+            .output(|| describe("v1", None))
+            .repeatedly()
+            .build();
+        let (g, current) = (
+            get_version("v1", r#"{"a":1}"#),
+            mock!(Client::get_secret_value)
+                .match_requests(|r| r.version_stage() == Some("AWSCURRENT"))
+                .then_output(|| GetSecretValueOutput::builder().version_id("v1").secret_string("{}").build()),
+        );
+        let h = Harness::start(&[&d, &g, &current]);
+        let t0 = Instant::now();
+        at(t0, 0.1).await;
+        let s = h.state();
+        assert_eq!(s.view.mode, crate::store::Mode::Describe);
+        assert!(s.last_error.unwrap().contains("credentials refused"));
+        at(t0, 0.9).await;
+        assert_eq!(d.num_calls(), 2, "transient: retried after 0.75 s, not the 60 s interval");
+        assert_eq!(current.num_calls(), 0, "no fallback");
+        assert_eq!(h.state().current.unwrap().id, "v1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_wait_the_interval_and_transient_ones_back_off() {
+        let missing = mock!(Client::describe_secret).then_http_response(aws_error("ResourceNotFoundException"));
+        let h = Harness::start(&[&missing]);
+        let t0 = Instant::now();
+        at(t0, 59.5).await;
+        assert_eq!(missing.num_calls(), 1, "a missing secret is not asked again every second");
+        at(t0, 60.5).await;
+        assert_eq!(missing.num_calls(), 2);
+        drop(h);
+
+        let refused = mock!(Client::describe_secret).then_http_response(aws_error("ExpiredTokenException"));
+        let _h = Harness::start(&[&refused]);
+        let t0 = Instant::now();
+        // Backoff at the jitter's midpoint: 0.75, 1.5, 3, 6, 12, 24 s after each failure.
+        at(t0, 47.0).await;
+        assert_eq!(refused.num_calls(), 6, "at 0, 0.75, 2.25, 5.25, 11.25, 23.25 s");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_refresh_refused_inside_the_gap_is_checked_when_the_gap_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = describe("v1", None);
-        let g1 = get_version("v1", r#"{"password":"a"}"#);
-        let (p, _) = poller(&[&d, &g1], dir.path());
-        let (_tracker, cancel) = start_loops(&p);
-        tokio::time::sleep(Duration::from_millis(10)).await; // the first check
-        assert!(p.refresh_now("db").await.unwrap().unwrap().fetched);
-        // Leave the suspicion window's fast polling out of it: only the deferred check may run.
-        {
-            let mut state = p.inner.secrets["db"].state.lock().await;
-            state.suspect_until = None;
-            state.next_delay = Duration::from_secs(60);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!p.refresh_now("db").await.unwrap().unwrap().fetched, "inside the gap");
-        let before = d.num_calls();
-        tokio::time::sleep(Duration::from_millis(4100)).await; // the gap ends 5 s after the forced check
-        assert_eq!(d.num_calls(), before + 1, "one deferred check at the end of the gap");
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        assert_eq!(d.num_calls(), before + 1, "and nothing more until the interval");
-        cancel.cancel();
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", None))
+            .output(|| describe("v2", None))
+            .repeatedly()
+            .build();
+        let (g1, g2) = (get_version("v1", r#"{"p":"1"}"#), get_version("v2", r#"{"p":"2"}"#));
+        let h = Harness::start(&[&d, &g1, &g2]);
+        let t0 = Instant::now();
+        at(t0, 10.0).await;
+        // Finds v2, so no suspicion: only the deferred check can run before 70 s.
+        assert!(h.poller.refresh_now("db").await.unwrap().unwrap().changed);
+        at(t0, 11.0).await;
+        assert!(!h.poller.refresh_now("db").await.unwrap().unwrap().fetched, "inside the gap");
+        at(t0, 14.9).await;
+        assert_eq!(d.num_calls(), 2);
+        at(t0, 15.1).await;
+        assert_eq!(d.num_calls(), 3, "one deferred check when the gap ends");
+        at(t0, 74.9).await;
+        assert_eq!(d.num_calls(), 3, "then nothing until an interval after it");
+        at(t0, 75.1).await;
+        assert_eq!(d.num_calls(), 4);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn steady_state_polls_once_per_interval_with_jitter() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = describe("v1", None);
-        let g1 = get_version("v1", r#"{"password":"a"}"#);
-        let (p, _) = poller(&[&d, &g1], dir.path());
-        let (_tracker, cancel) = start_loops(&p);
-        let checks = describes_between(&d, 0, 60).await;
-        cancel.cancel();
-        assert!((55..=67).contains(&checks), "{checks} checks in an hour at 60 s ±10%");
-        assert_eq!(g1.num_calls(), 1, "GetSecretValue only for the first version");
-    }
-
-    #[tokio::test]
     async fn invalid_value_keeps_last_good_and_is_not_refetched() {
-        let dir = tempfile::tempdir().unwrap();
-        let d1 = describe("v1", None);
-        let g1 = get_version("v1", r#"{"a":1}"#);
-        let (p, store) = poller(&[&d1, &g1], dir.path());
-        p.refresh_now("db").await.unwrap().unwrap();
-        drop(p);
-        // A new poller sharing the store, now seeing v2 whose value is not an object.
-        let d2 = describe("v2", None);
-        let g2 = get_version("v2", "not json");
-        let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, [&d2, &g2]);
-        let spec = store.get("db").unwrap().spec;
-        let publisher = Publisher::new(dir.path().to_path_buf(), FileOptions { mode: 0o440, uid: None, gid: None });
-        let p = Poller::new(
-            Source::Aws(AwsSource::from_client(client)),
-            store.clone(),
-            publisher,
-            Timing { min_refresh_gap: Duration::ZERO, ..timing() },
-            &[spec],
-        );
-        for _ in 0..3 {
-            let err = p.refresh_now("db").await.unwrap().unwrap_err();
-            assert!(err.to_string().contains("v2 rejected"), "{err}");
-        }
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", None))
+            .output(|| describe("v2", None))
+            .repeatedly()
+            .build();
+        let (g1, g2) = (get_version("v1", r#"{"a":1}"#), get_version("v2", "not json"));
+        let h = Harness::start(&[&d, &g1, &g2]);
+        let t0 = Instant::now();
+        at(t0, 180.5).await;
+        assert_eq!(d.num_calls(), 4, "a rejected value waits the interval");
         assert_eq!(g2.num_calls(), 1, "a rejected version is fetched once");
-        assert_eq!(store.get("db").unwrap().current.unwrap().id, "v1");
-        assert_eq!(std::fs::read(dir.path().join("db.json")).unwrap(), br#"{"a":1}"#);
+        let s = h.state();
+        assert!(s.last_error.unwrap().contains("v2 rejected"));
+        assert_eq!(s.current.unwrap().id, "v1");
+        assert_eq!(h.file().unwrap(), br#"{"a":1}"#);
     }
 }

@@ -1,10 +1,10 @@
 //! Atomic publication of files on the shared volume.
 //!
 //! A reader that opens a published path at any moment gets the whole old or the whole new content, never a
-//! mix and never an empty file (DOMAIN.md §5): the new content goes to a uniquely named temp file in the
-//! same directory, created with `O_EXCL` and given its final mode and owner *before* the first byte is
-//! written (so a secret is never readable by the wrong uid, not even for a moment), then fsync, rename
-//! over the target, and fsync of the directory so the rename survives a crash.
+//! mix and never an empty file (docs/secrets-manager.md, "Publishing"): the new content goes to a uniquely
+//! named temp file in the same directory, created with `O_EXCL` and given its final mode and owner *before*
+//! the first byte is written (so a secret is never readable by the wrong uid, not even for a moment), then
+//! fsync, rename over the target, and fsync of the directory so the rename survives a crash.
 //!
 //! Temp files carry [`TEMP_PREFIX`]; whatever an earlier crash left behind is removed by [`Publisher::prepare`].
 //! A failed write removes its own temp file, so no secret is left lying around under another name.
@@ -25,6 +25,8 @@ pub const TEMP_PREFIX: &str = ".secrets-sidecar-tmp-";
 pub enum PublishError {
     #[error("output directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
+    #[error("output directory {path} is not writable: {source}{hint}", hint = permission_hint(source))]
+    NotWritable { path: PathBuf, source: io::Error },
     #[error("writing {path}: {source}{hint}", hint = permission_hint(source))]
     Write { path: PathBuf, source: io::Error },
     #[error(
@@ -82,6 +84,16 @@ impl Publisher {
             }
         }
         Ok(removed)
+    }
+
+    /// Proves the directory writable by creating and removing a probe file, so a directory the sidecar
+    /// cannot write fails at start (exit 1) instead of leaving a running sidecar that never publishes
+    /// (issue 8: with `--token` nothing else was written at start). Blocking.
+    pub fn check_writable(&self) -> Result<(), PublishError> {
+        let err = |source| PublishError::NotWritable { path: self.dir.clone(), source };
+        let probe = self.dir.join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(&probe).map_err(err)?;
+        fs::remove_file(&probe).map_err(err)
     }
 
     /// Publishes `content` as `DIR/file_name`, atomically. Blocking: call from `spawn_blocking`.
@@ -225,6 +237,32 @@ mod tests {
         let full =
             PublishError::Write { path: PathBuf::from("/secrets/db.json"), source: io::Error::from_raw_os_error(28) };
         assert!(!full.to_string().contains("writable"), "{full}");
+    }
+
+    /// A directory this process cannot create files in: root ignores mode bits, but not sysfs.
+    fn unwritable_dir() -> (Option<tempfile::TempDir>, PathBuf) {
+        if is_root() {
+            return (None, PathBuf::from("/sys"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o555)).unwrap();
+        let path = dir.path().to_path_buf();
+        (Some(dir), path)
+    }
+
+    fn is_root() -> bool {
+        fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    }
+
+    #[test]
+    fn the_writability_probe_fails_on_an_unwritable_directory_and_leaves_nothing() {
+        let (_keep, path) = unwritable_dir();
+        let err = publisher(&path, 0o440).check_writable().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("output directory {} is not writable", path.display())), "{msg}");
+        let dir = tempfile::tempdir().unwrap();
+        publisher(dir.path(), 0o440).check_writable().unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the probe file is removed");
     }
 
     #[test]

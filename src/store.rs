@@ -1,9 +1,10 @@
-//! The current state of every secret: the value last published, the pending value during a rotation, when
-//! it was last checked and what went wrong. The poller is the only writer; HTTP and health only read.
+//! What HTTP and health read of every secret: the value last published, the pending value during a
+//! rotation, when it was last checked and what went wrong. A view, not a second copy of the poller's state:
+//! each secret's task in [`crate::poller`] owns its mode, schedule and versions and is the only writer of
+//! its entry — `current` together with the file, the rest after each check.
 //!
 //! Readiness is a latch (the linkerd2-proxy pattern): false until every secret has been published once,
-//! then true for the life of the process. A later Secrets Manager outage must not make ECS replace every
-//! task of a service at once; `--max-staleness` is the one, opt-in, way back to unhealthy.
+//! then true for the life of the process. What that means for `/healthz` is [`crate::health`]'s to say.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,14 +36,28 @@ pub enum Mode {
     GetOnly,
 }
 
+/// What the poller shows of a secret's check state after each check.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub mode: Mode,
+    /// The `AWSPENDING` value while a rotation is under way, when it could be read; never written to disk.
+    pub pending: Option<Arc<Version>>,
+    /// `AWSPENDING` is on another version, readable or not.
+    pub rotation_in_progress: bool,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View { mode: Mode::Describe, pending: None, rotation_in_progress: false }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SecretState {
     pub spec: SecretSpec,
+    /// The version in the file; set in the same step that writes the file.
     pub current: Option<Arc<Version>>,
-    /// The `AWSPENDING` value while a rotation is under way; never written to disk.
-    pub pending: Option<Arc<Version>>,
-    pub rotation_in_progress: bool,
-    pub mode: Mode,
+    pub view: View,
     /// Last check that succeeded (monotonic, for staleness) and its wall-clock time (for display).
     pub last_success: Option<(Instant, SystemTime)>,
     /// Last failure, cleared by the next success. Its text names a reason and an AWS code, never a value.
@@ -51,15 +66,7 @@ pub struct SecretState {
 
 impl SecretState {
     fn new(spec: SecretSpec) -> Self {
-        SecretState {
-            spec,
-            current: None,
-            pending: None,
-            rotation_in_progress: false,
-            mode: Mode::Describe,
-            last_success: None,
-            last_error: None,
-        }
+        SecretState { spec, current: None, view: View::default(), last_success: None, last_error: None }
     }
 
     pub fn age(&self, now: Instant) -> Option<Duration> {
@@ -101,71 +108,10 @@ impl Store {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The `/healthz` answer.
-    pub fn health(&self, now: Instant, max_staleness: Option<Duration>) -> Health {
-        let mut stale = false;
-        let secrets = self
-            .read()
-            .values()
-            .map(|s| {
-                let age = s.age(now);
-                let is_stale = match (max_staleness, age) {
-                    (Some(max), Some(age)) => age > max,
-                    _ => false,
-                };
-                stale |= is_stale;
-                let entry = SecretHealth {
-                    ready: s.current.is_some(),
-                    version_id: s.current.as_ref().map(|v| v.id.clone()),
-                    age_seconds: age.map(|a| a.as_secs()),
-                    stale: is_stale,
-                    last_error: s.last_error.clone(),
-                };
-                (s.spec.name.clone(), entry)
-            })
-            .collect();
-        let status = match (self.is_ready(), stale) {
-            (false, _) => HealthStatus::Starting,
-            (true, true) => HealthStatus::Stale,
-            (true, false) => HealthStatus::Ok,
-        };
-        Health { status, secrets }
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, SecretState>> {
         // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
         self.secrets.read().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
-    Ok,
-    Starting,
-    Stale,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Health {
-    pub status: HealthStatus,
-    pub secrets: BTreeMap<String, SecretHealth>,
-}
-
-impl Health {
-    pub fn is_healthy(&self) -> bool {
-        self.status == HealthStatus::Ok
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct SecretHealth {
-    pub ready: bool,
-    pub version_id: Option<String>,
-    /// Seconds since the last successful check.
-    pub age_seconds: Option<u64>,
-    pub stale: bool,
-    pub last_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -194,31 +140,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ready_only_when_every_secret_is_published_then_latched() {
         let store = Store::new(&specs(&["a", "b"]));
-        let now = Instant::now();
-        publish(&store, "a", now);
-        assert!(!store.is_ready());
-        assert_eq!(store.health(now, None).status, HealthStatus::Starting);
-        publish(&store, "b", now);
-        assert!(store.is_ready());
-        // An outage afterwards: errors are reported, readiness stays.
-        store.update("a", |s| s.last_error = Some("timed out".into()));
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        let h = store.health(Instant::now(), None);
-        assert!(h.is_healthy());
-        assert_eq!(h.secrets["a"].last_error.as_deref(), Some("timed out"));
-        assert_eq!(h.secrets["a"].age_seconds, Some(3600));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn max_staleness_turns_health_red_only_past_the_limit() {
-        let store = Store::new(&specs(&["a"]));
         publish(&store, "a", Instant::now());
-        let max = Some(Duration::from_secs(300));
-        tokio::time::advance(Duration::from_secs(299)).await;
-        assert!(store.health(Instant::now(), max).is_healthy());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        let h = store.health(Instant::now(), max);
-        assert_eq!(h.status, HealthStatus::Stale);
-        assert!(h.secrets["a"].stale);
+        assert!(!store.is_ready());
+        publish(&store, "b", Instant::now());
+        assert!(store.is_ready());
+        store.update("a", |s| s.current = None);
+        assert!(store.is_ready(), "never false again");
     }
 }

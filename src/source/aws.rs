@@ -3,7 +3,8 @@
 //! nothing here re-implements them.
 //!
 //! Every `GetSecretValue` names a `VersionId` or `VersionStage`: moto returns a stale value for a request
-//! that names neither after `UpdateSecretVersionStage` (DOMAIN.md §7), and naming it costs nothing on AWS.
+//! that names neither after `UpdateSecretVersionStage` (docs/secrets-manager.md, "The emulator"), and naming it
+//! costs nothing on AWS.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use super::{AWSCURRENT, FetchError, Fetched, Labels};
+use super::{AWSCURRENT, FetchError, Fetched, Labels, Operation};
 use crate::secret::SecretValue;
 
 /// A hung TCP connect must not stall a poll loop; ECS endpoints answer in milliseconds.
@@ -63,19 +64,19 @@ impl AwsSource {
             .secret_id(secret_id)
             .send()
             .await
-            .map_err(|e| classify("DescribeSecret", e))?;
+            .map_err(|e| classify(Operation::DescribeSecret, e))?;
         let versions = out.version_ids_to_stages.unwrap_or_default();
         Labels::from_stages(versions.iter()).ok_or(FetchError::NoCurrentVersion)
     }
 
     pub async fn get_version(&self, secret_id: &str, version_id: &str) -> Result<Fetched, FetchError> {
         let req = self.client.get_secret_value().secret_id(secret_id).version_id(version_id);
-        to_fetched(req.send().await.map_err(|e| classify("GetSecretValue", e))?)
+        to_fetched(req.send().await.map_err(|e| classify(Operation::GetSecretValue, e))?)
     }
 
     pub async fn get_current(&self, secret_id: &str) -> Result<Fetched, FetchError> {
         let req = self.client.get_secret_value().secret_id(secret_id).version_stage(AWSCURRENT);
-        to_fetched(req.send().await.map_err(|e| classify("GetSecretValue", e))?)
+        to_fetched(req.send().await.map_err(|e| classify(Operation::GetSecretValue, e))?)
     }
 }
 
@@ -89,14 +90,14 @@ fn to_fetched(
         (None, None) => return Err(FetchError::EmptyValue),
     };
     if value.is_empty() {
-        // Publishing an empty file would take the app down harder than a stale one (DOMAIN.md §5).
+        // Publishing an empty file would take the app down harder than a stale one (consul-template PR #2167).
         return Err(FetchError::EmptyValue);
     }
     Ok(Fetched { version_id, value, binary })
 }
 
 /// Maps an SDK failure to what the poller needs to decide: retry soon, or wait, and what to report.
-fn classify<E, R>(operation: &'static str, err: SdkError<E, R>) -> FetchError
+fn classify<E, R>(operation: Operation, err: SdkError<E, R>) -> FetchError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -112,9 +113,13 @@ where
     let code = err.code().unwrap_or("Unknown").to_owned();
     match code.as_str() {
         "ResourceNotFoundException" => FetchError::NotFound,
-        "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => {
-            FetchError::AccessDenied { operation }
-        }
+        "AccessDeniedException" | "AccessDenied" => FetchError::AccessDenied { operation },
+        // The key, not the policy: an unknown or expired key says nothing about what the role may do.
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => FetchError::InvalidCredentials { code },
         "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => FetchError::Throttled,
         "DecryptionFailure" => FetchError::Decryption,
         _ => FetchError::Service { message: err.message().unwrap_or("no message").to_owned(), code },
@@ -146,7 +151,23 @@ mod tests {
         // moto allows everything, so the denial only exists here (issue #2: fallback when DescribeSecret is denied).
         let rule = mock!(Client::describe_secret).then_http_response(aws_error("AccessDeniedException"));
         let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
-        assert_eq!(source.describe("db").await.unwrap_err(), FetchError::AccessDenied { operation: "DescribeSecret" });
+        assert_eq!(
+            source.describe("db").await.unwrap_err(),
+            FetchError::AccessDenied { operation: Operation::DescribeSecret }
+        );
+    }
+
+    /// Issue 8: an invalid or expired key was reported as AccessDenied, and a denied DescribeSecret turns
+    /// rotation awareness off; refused credentials are their own kind.
+    #[tokio::test]
+    async fn refused_credentials_are_not_access_denied() {
+        for code in ["UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException"] {
+            let rule = mock!(Client::describe_secret).then_http_response(aws_error(code));
+            let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
+            let err = source.describe("db").await.unwrap_err();
+            assert_eq!(err, FetchError::InvalidCredentials { code: code.into() });
+            assert!(err.is_transient(), "{code}");
+        }
     }
 
     #[tokio::test]

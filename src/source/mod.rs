@@ -22,7 +22,8 @@ pub const AWSPENDING: &str = "AWSPENDING";
 pub struct Labels {
     /// The version that carries `AWSCURRENT`.
     pub current: String,
-    /// A version that carries `AWSPENDING` but not `AWSCURRENT`: a rotation is under way (DOMAIN.md §1.1).
+    /// A version that carries `AWSPENDING` but not `AWSCURRENT`: a rotation is under way
+    /// (docs/secrets-manager.md, "Rotation steps").
     pub pending: Option<String>,
 }
 
@@ -62,6 +63,28 @@ pub struct Fetched {
     pub binary: bool,
 }
 
+/// The Secrets Manager operation a failure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    DescribeSecret,
+    GetSecretValue,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::DescribeSecret => "DescribeSecret",
+            Operation::GetSecretValue => "GetSecretValue",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a source could not answer. `Display` texts go into logs and `/healthz`, so they carry the reason
 /// and the AWS error code, never a value.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -69,7 +92,11 @@ pub enum FetchError {
     #[error("secret not found (deleted, never created, or not visible to this role)")]
     NotFound,
     #[error("access denied for {operation} (check the task role's policy)")]
-    AccessDenied { operation: &'static str },
+    AccessDenied { operation: Operation },
+    /// The credentials themselves were refused (unknown, invalid or expired key), not the action: says
+    /// nothing about the policy, so it never changes how a secret is checked.
+    #[error("credentials refused by Secrets Manager ({code}): invalid or expired keys, or being refreshed")]
+    InvalidCredentials { code: String },
     #[error("throttled by Secrets Manager")]
     Throttled,
     #[error("request timed out")]
@@ -90,10 +117,16 @@ pub enum FetchError {
 
 impl FetchError {
     /// Transient errors are retried with backoff; the others wait for the next interval, since retrying a
-    /// denied or missing secret every second only burns API calls.
+    /// denied or missing secret every second only burns API calls ([`crate::schedule`] decides).
+    /// Refused credentials count as transient: the usual cause is a credential refresh in progress.
     pub fn is_transient(&self) -> bool {
-        matches!(self, FetchError::Throttled | FetchError::Timeout | FetchError::Network(_))
-            || matches!(self, FetchError::Service { code, .. } if code == "InternalServiceError")
+        matches!(
+            self,
+            FetchError::Throttled
+                | FetchError::Timeout
+                | FetchError::Network(_)
+                | FetchError::InvalidCredentials { .. }
+        ) || matches!(self, FetchError::Service { code, .. } if code == "InternalServiceError")
     }
 }
 
@@ -168,6 +201,7 @@ mod tests {
         assert!(FetchError::Throttled.is_transient());
         assert!(FetchError::Network("x".into()).is_transient());
         assert!(!FetchError::NotFound.is_transient());
-        assert!(!FetchError::AccessDenied { operation: "GetSecretValue" }.is_transient());
+        assert!(!FetchError::AccessDenied { operation: Operation::GetSecretValue }.is_transient());
+        assert!(FetchError::InvalidCredentials { code: "ExpiredTokenException".into() }.is_transient());
     }
 }

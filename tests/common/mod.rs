@@ -8,6 +8,8 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
@@ -98,12 +100,68 @@ impl Moto {
     }
 }
 
+/// A TCP proxy in front of the emulator that can hold back every chunk of its answers: the way to make
+/// a check slow without changing the emulator.
+pub struct SlowProxy {
+    pub port: u16,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    pub async fn start(target: &Moto) -> SlowProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (delay, target) = (delay_ms.clone(), target.port);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let ((mut cr, mut cw), (mut sr, mut sw)) = (client.into_split(), server.into_split());
+                    let up = tokio::io::copy(&mut cr, &mut sw);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                            sleep(Duration::from_millis(delay.load(Ordering::Relaxed))).await;
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = cw.shutdown().await;
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        SlowProxy { port, delay_ms, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Holds back each chunk of every answer from now on by `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub async fn create_secret(sm: &Client, name: &str, value: &str) -> String {
     let out = sm.create_secret().name(name).secret_string(value).send().await.expect("CreateSecret");
     out.version_id.expect("version id")
 }
 
-/// The version that carries AWSCURRENT, by asking for it by stage (never the server's default, see DOMAIN.md §7).
+/// The version that carries AWSCURRENT, by asking for it by stage (never the server's default: moto's
+/// does not follow `UpdateSecretVersionStage`, see docs/secrets-manager.md).
 pub async fn current_version(sm: &Client, id: &str) -> String {
     let out = sm.get_secret_value().secret_id(id).version_stage("AWSCURRENT").send().await.expect("GetSecretValue");
     out.version_id.expect("version id")
@@ -140,6 +198,12 @@ pub async fn rotate(sm: &Client, id: &str, value: &str) -> String {
     let v = rotate_pending(sm, id, value).await;
     finish_rotation(sm, id, &v).await;
     v
+}
+
+/// The last `lines` lines of `text`, for failure messages that show a log without drowning the assertion.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 pub struct SidecarBuilder {
@@ -248,7 +312,12 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn builder(moto: &Moto) -> SidecarBuilder {
-        SidecarBuilder { endpoint: Some(moto.endpoint()), ..Self::builder_without_aws() }
+        Self::builder_for(moto.endpoint())
+    }
+
+    /// A sidecar pointed at any Secrets Manager endpoint (a [`SlowProxy`], say).
+    pub fn builder_for(endpoint: String) -> SidecarBuilder {
+        SidecarBuilder { endpoint: Some(endpoint), ..Self::builder_without_aws() }
     }
 
     /// A sidecar not pointed at any emulator (for --dev-secrets).
@@ -284,6 +353,11 @@ impl Sidecar {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log's last 60 lines.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log_text(), 60)
+    }
+
     /// GET with the token.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         reqwest::Client::new().get(self.url(path)).header(TOKEN_HEADER, self.token()).send().await.unwrap()
@@ -310,7 +384,7 @@ impl Sidecar {
         let deadline = Instant::now() + timeout;
         while !cond().await {
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; sidecar log:\n{}", self.log_text());
+                panic!("timed out waiting for {what}; sidecar log (last lines):\n{}", self.log_tail());
             }
             sleep(Duration::from_millis(50)).await;
         }

@@ -2,19 +2,17 @@
 //! naming the offending value; `check-config` validates without AWS; `healthcheck` exits 1 cleanly when
 //! nothing answers.
 
-mod common;
-
 use std::process::Output;
 
 async fn sidecar(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = common::sidecar_command();
+    let mut cmd = crate::common::sidecar_command();
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     // An endpoint nobody listens on: were any of these to call AWS, it would fail differently and slowly.
-    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{}", common::free_port()));
-    cmd.output().await.unwrap()
+    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{}", crate::common::free_port()));
+    cmd.kill_on_drop(true).output().await.unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -99,7 +97,7 @@ async fn version_prints_the_crate_version() {
 
 #[tokio::test]
 async fn healthcheck_exits_1_when_nothing_listens_and_0_when_healthy() {
-    let port = common::free_port().to_string();
+    let port = crate::common::free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &listen)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -109,7 +107,7 @@ async fn healthcheck_exits_1_when_nothing_listens_and_0_when_healthy() {
     let dev = dir.path().join("dev.json");
     std::fs::write(&dev, r#"{"db": {"password": "x"}}"#).unwrap();
     let sidecar_proc =
-        common::Sidecar::builder_without_aws().arg("--dev-secrets").arg(dev.to_str().unwrap()).spawn().await;
+        crate::common::Sidecar::builder_without_aws().arg("--dev-secrets").arg(dev.to_str().unwrap()).spawn().await;
     sidecar_proc.wait_ready().await;
     let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &sidecar_proc.listen.to_string())]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -125,11 +123,39 @@ async fn a_missing_output_directory_fails_at_start_with_exit_1() {
             "--output-dir",
             "/nonexistent/secrets",
             "--listen",
-            &format!("127.0.0.1:{}", common::free_port()),
+            &format!("127.0.0.1:{}", crate::common::free_port()),
         ],
         &[],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("output directory /nonexistent/secrets"), "{}", stderr(&out));
+}
+
+/// Issue 8: with `--token` nothing was written at start, so an unwritable directory left a sidecar up,
+/// unhealthy, logging "keeping the last good value" about a value it never had. Now it exits 1 at start,
+/// whatever the token setting.
+#[tokio::test]
+async fn an_unwritable_output_directory_exits_1_at_start_whatever_the_token_setting() {
+    // Root ignores mode bits, but cannot create files in sysfs.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap() {
+        std::path::PathBuf::from("/sys")
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        tmp.path().to_path_buf()
+    };
+    let dir = dir.to_str().unwrap();
+    for token in [&["--token", "t0ken-of-16-chars"][..], &["--no-token"][..], &[][..]] {
+        let listen = format!("127.0.0.1:{}", crate::common::free_port());
+        let mut args = vec!["run", "--secret", "db=x", "--output-dir", dir, "--listen", &listen];
+        args.extend_from_slice(token);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), sidecar(&args, &[]))
+            .await
+            .unwrap_or_else(|_| panic!("still running after 10 s with {token:?}"));
+        assert_eq!(out.status.code(), Some(1), "{token:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("output directory {dir} is not writable")), "{token:?}: {err}");
+    }
 }

@@ -1,11 +1,9 @@
 //! `--dev-secrets FILE`: local development without AWS. An edit is published like a rotation, within a
 //! fraction of a second; a broken edit loses nothing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Sidecar;
+use crate::common::Sidecar;
 
 /// Replaces the file by rename, as editors and `mv` do.
 fn edit(path: &std::path::Path, text: &str) {

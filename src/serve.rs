@@ -1,0 +1,206 @@
+//! The listener: which connections are served, and for how long. HTTP/1.1 only (what the README
+//! documents), through hyper's own connection builder with a timer, because `axum::serve` runs without
+//! one, so hyper's header-read timeout is not in force there and a client that sends nothing keeps its
+//! connection for ever (issue 8: 500 slow local connections stayed open and RSS grew from 8 to 20–32 MiB).
+//!
+//! - A connection that sends nothing for [`HEADER_READ_TIMEOUT`] after being accepted is closed before
+//!   hyper sees it, so a storm of silent clients costs sockets, not buffers. Once it has sent something,
+//!   hyper's own header-read timeout applies: a complete request head within [`HEADER_READ_TIMEOUT`], and
+//!   the same between requests on a keep-alive connection, so a partial header or an idle connection is
+//!   closed too.
+//! - At most [`MAX_CONNECTIONS`] are open at once. At the cap the sidecar stops accepting: further
+//!   connections wait in the kernel's backlog, costing this process no memory, until a slot frees.
+//! - On shutdown it stops accepting, lets requests in flight finish and closes idle connections; the
+//!   caller bounds the wait with the shutdown grace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// How long a connection may take to send a request head, or stay idle between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open connections at once. An app's pool needs a handful; a few hundred idle connections cost a few
+/// MiB at most.
+pub const MAX_CONNECTIONS: usize = 512;
+/// A failed `accept` (out of file descriptors, say) is retried after this pause rather than in a hot loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a connection may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { header_read_timeout: HEADER_READ_TIMEOUT, max_connections: MAX_CONNECTIONS }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then waits for the open connections to finish.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, app, watcher, shutdown) = (builder.clone(), app.clone(), graceful.watcher(), shutdown.clone());
+        let header_read_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            // A connection that sends nothing never reaches hyper, whose buffers are allocated on the first
+            // read: it costs a socket and this task until the timeout closes it.
+            // `peek`, not `readable`: tokio reports a fresh socket readable before any byte arrives.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                sent = tokio::time::timeout(header_read_timeout, stream.peek(&mut first)) => {
+                    if !matches!(sent, Ok(Ok(1..))) {
+                        return;
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            // Boxed, so the task of a connection still waiting above is a few hundred bytes, not the size of
+            // hyper's connection state. Timeouts and clients that vanish end here; not worth a log line.
+            let _ = Box::pin(watcher.watch(conn)).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        tokio::spawn(serve(listener, app, limits, cancel.clone()));
+        (addr, cancel)
+    }
+
+    /// Sends `req` and reads the answer until the server closes the connection.
+    async fn exchange(addr: std::net::SocketAddr, req: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Waits (at most `limit`) until the server closes `s`.
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(limit, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Issue 8: under `axum::serve` a client that sent nothing, or half a header, kept its connection.
+    #[tokio::test]
+    async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
+        let (addr, _cancel) = start(Limits { header_read_timeout: 300 * MS, max_connections: 16 }).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        for (what, s) in [("silent", &mut silent), ("partial header", &mut partial), ("idle keep-alive", &mut idle)] {
+            assert!(closed_within(s, Duration::from_secs(5)).await, "{what} connection still open");
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_new_connections_wait_until_a_slot_frees() {
+        let (addr, _cancel) = start(Limits { header_read_timeout: 1000 * MS, max_connections: 4 }).await;
+        let mut silent = connect_many(addr, 4).await;
+        tokio::time::sleep(50 * MS).await;
+        let started = tokio::time::Instant::now();
+        let answer = tokio::spawn(exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        let answer = answer.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Served only once the silent connections were cut off: the cap held until then.
+        assert!(started.elapsed() >= 500 * MS, "answered after {:?} although every slot was taken", started.elapsed());
+        for s in &mut silent {
+            assert!(closed_within(s, Duration::from_secs(1)).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn below_the_cap_a_request_is_answered_while_slow_clients_hold_connections() {
+        let (addr, _cancel) = start(Limits { header_read_timeout: Duration::from_secs(30), max_connections: 8 }).await;
+        let _silent = connect_many(addr, 7).await;
+        let answer = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(TcpStream::connect(addr).await.unwrap());
+        }
+        v
+    }
+
+    /// Issue 8: HTTP/2 cleartext (prior knowledge) was served although nothing documents it.
+    #[tokio::test]
+    async fn http2_prior_knowledge_is_not_served() {
+        let (addr, _cancel) = start(Limits::default()).await;
+        let answer = exchange(addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await;
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_stops_accepting() {
+        let (addr, cancel) = start(Limits::default()).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        assert!(idle.read(&mut buf).await.unwrap() > 0);
+        cancel.cancel();
+        assert!(closed_within(&mut idle, Duration::from_secs(2)).await);
+        tokio::time::sleep(50 * MS).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    }
+}

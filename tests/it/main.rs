@@ -1,0 +1,19 @@
+//! The sidecar through its real binary, against moto's Secrets Manager or a dev file: one integration
+//! test binary, so every module shares one harness (`tests/common`: the emulator, the sidecar process,
+//! `free_port`, log helpers) and the binary is linked once.
+//!
+//! - [`cli`]: the command line as an operator meets it, and start-up failures.
+//! - [`daemon`]: what a task sees from start to SIGTERM.
+//! - [`dev_secrets`]: `--dev-secrets`, local development without AWS.
+//! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
+//! - [`http_edge`]: the listener under a storm of slow clients.
+
+// `tests/common` stays where the database tests include it with `mod common;`.
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod daemon;
+mod dev_secrets;
+mod forced_refresh;
+mod http_edge;
