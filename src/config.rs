@@ -47,8 +47,9 @@ pub enum Command {
 /// checks for `run` live in [`Settings::validate`] where they can name the offending value.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// A secret to keep current: NAME=SECRET_ID[?format=raw]. Repeatable; the env var takes a
-    /// comma-separated list. NAME names the file (NAME.json) and the URL; SECRET_ID is a secret name or ARN.
+    /// A secret to keep current: NAME=SECRET_ID[?format=raw], or an RDS IAM auth token to mint:
+    /// NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]. Repeatable; the env var takes a comma-separated
+    /// list. NAME names the file (NAME.json) and the URL; SECRET_ID is a secret name or ARN.
     #[arg(
         long = "secret",
         env = "SIDECAR_SECRETS",
@@ -76,6 +77,12 @@ pub struct Settings {
     #[arg(long, env = "SIDECAR_MIN_REFRESH_GAP", default_value = "5s", value_parser = parse_duration,
           global = true)]
     pub min_refresh_gap: Duration,
+
+    /// How often an rds-iam:// token is signed anew (tokens live 15 minutes; the margin covers clock skew
+    /// and a failed renewal's retries). Never later than its signing credentials expire.
+    #[arg(long, env = "SIDECAR_RDS_IAM_RENEW_INTERVAL", default_value = "10m", value_parser = parse_duration,
+          global = true)]
+    pub rds_iam_renew_interval: Duration,
 
     /// Address of the HTTP endpoint. Only loopback addresses unless --allow-non-loopback.
     #[arg(long, env = "SIDECAR_LISTEN", default_value = DEFAULT_LISTEN, global = true)]
@@ -166,6 +173,102 @@ impl SecretSpec {
     }
 }
 
+/// One `NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]` entry: an RDS IAM auth token the sidecar
+/// signs itself and publishes as `NAME.json`, in the shape of an RDS secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdsIamSpec {
+    pub name: String,
+    /// The database user the token logs in as (`DBUser`).
+    pub user: String,
+    /// The endpoint the app dials (instance, cluster, custom or RDS Proxy): the token is signed for it.
+    pub host: String,
+    pub port: u16,
+    /// The database's region when it differs from the SDK's.
+    pub region: Option<String>,
+    /// Passed through to the file as `dbname`.
+    pub dbname: Option<String>,
+}
+
+impl RdsIamSpec {
+    pub fn file_name(&self) -> String {
+        format!("{}.json", self.name)
+    }
+}
+
+/// One `--secret` entry of either kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Secret(SecretSpec),
+    RdsIam(RdsIamSpec),
+}
+
+/// The scheme that marks an IAM entry. `:` never occurs in a Secrets Manager secret name, and an ARN
+/// starts with `arn:`, so the two kinds cannot be confused.
+pub const RDS_IAM_SCHEME: &str = "rds-iam://";
+
+impl FromStr for Entry {
+    type Err = SpecError;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let trimmed = entry.trim();
+        match trimmed.split_once('=') {
+            Some((name, rest)) if rest.starts_with(RDS_IAM_SCHEME) => {
+                if !valid_name(name) {
+                    return Err(SpecError::BadName(name.to_owned()));
+                }
+                parse_rds_iam(name, &rest[RDS_IAM_SCHEME.len()..]).map(Entry::RdsIam)
+            }
+            _ => trimmed.parse().map(Entry::Secret),
+        }
+    }
+}
+
+/// `USER@HOST:PORT[?region=R&dbname=D]`. The user and dbname may be percent-encoded (a user with `@`).
+fn parse_rds_iam(name: &str, s: &str) -> Result<RdsIamSpec, SpecError> {
+    let bad = |why: &str| SpecError::BadRdsIam(format!("{RDS_IAM_SCHEME}{s}: {why}"));
+    let (authority, options) = match s.split_once('?') {
+        Some((a, o)) => (a, Some(o)),
+        None => (s, None),
+    };
+    let (user, host_port) = authority.rsplit_once('@').ok_or_else(|| bad("expected USER@HOST:PORT"))?;
+    let user = decode(user).ok_or_else(|| bad("the user is not valid percent-encoded UTF-8"))?;
+    if user.is_empty() || user.len() > 63 || user.chars().any(char::is_control) {
+        return Err(bad("the user must be 1 to 63 printable characters"));
+    }
+    let (host, port) = host_port.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT (the port is required)"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !host_ok {
+        return Err(bad("the host must be a DNS name or IPv4 address"));
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port must be 1 to 65535"))?;
+    let (mut region, mut dbname) = (None, None);
+    for opt in options.into_iter().flat_map(|o| o.split('&')) {
+        match opt.split_once('=') {
+            Some(("region", r))
+                if !r.is_empty()
+                    && r.len() <= 32
+                    && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+            {
+                region = Some(r.to_owned())
+            }
+            Some(("dbname", d)) => {
+                let d = decode(d).filter(|d| !d.is_empty() && !d.chars().any(char::is_control));
+                dbname = Some(d.ok_or_else(|| bad("dbname must be a non-empty, printable name"))?);
+            }
+            _ => return Err(SpecError::BadIamOption(opt.to_owned())),
+        }
+    }
+    Ok(RdsIamSpec { name: name.to_owned(), user, host: host.to_ascii_lowercase(), port, region, dbname })
+}
+
+fn decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error("empty entry (a stray comma in SIDECAR_SECRETS?)")]
@@ -176,8 +279,12 @@ pub enum SpecError {
     BadName(String),
     #[error("secret id {0:?} is not a Secrets Manager name or ARN")]
     BadSecretId(String),
+    #[error("{0}")]
+    BadRdsIam(String),
     #[error("unknown option {0:?} (the only option is format=json|raw)")]
     BadOption(String),
+    #[error("unknown option {0:?} (rds-iam:// entries take region=REGION and dbname=NAME)")]
+    BadIamOption(String),
 }
 
 impl FromStr for SecretSpec {
@@ -288,6 +395,9 @@ pub struct FileOptions {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub secrets: Vec<SecretSpec>,
+    /// `rds-iam://` entries: tokens signed locally, published like secrets.
+    pub rds_iam: Vec<RdsIamSpec>,
+    pub rds_iam_renew_interval: Duration,
     pub output_dir: PathBuf,
     pub refresh_interval: Duration,
     pub rotation_poll_interval: Duration,
@@ -307,6 +417,11 @@ pub enum ConfigError {
     Spec { entry: String, source: SpecError },
     #[error("secret name {0:?} is given twice")]
     DuplicateName(String),
+    #[error("rds-iam:// entries sign tokens with AWS credentials and cannot be used with --dev-secrets")]
+    RdsIamWithDev,
+    #[error("--rds-iam-renew-interval must be between 1s and 14m (a token lives 15 minutes), got {}",
+            humantime::format_duration(*.0))]
+    RenewInterval(Duration),
     #[error("--listen {0} is not a loopback address; add --allow-non-loopback to serve secrets to the network")]
     NonLoopback(SocketAddr),
     #[error("--{flag} must be at least {min}, got {value}", min = humantime::format_duration(*.min),
@@ -324,18 +439,31 @@ impl Settings {
     /// Turns the raw settings into a [`Config`] or the first thing wrong with them.
     pub fn validate(&self) -> Result<Config, ConfigError> {
         let mut secrets = Vec::with_capacity(self.secrets.len());
+        let mut rds_iam = Vec::new();
         let mut seen = HashSet::new();
         for entry in &self.secrets {
-            let spec: SecretSpec =
-                entry.parse().map_err(|source| ConfigError::Spec { entry: entry.clone(), source })?;
-            if !seen.insert(spec.name.clone()) {
-                return Err(ConfigError::DuplicateName(spec.name));
+            let parsed: Entry = entry.parse().map_err(|source| ConfigError::Spec { entry: entry.clone(), source })?;
+            let name = match &parsed {
+                Entry::Secret(s) => &s.name,
+                Entry::RdsIam(s) => &s.name,
+            };
+            if !seen.insert(name.clone()) {
+                return Err(ConfigError::DuplicateName(name.clone()));
             }
-            secrets.push(spec);
+            match parsed {
+                Entry::Secret(s) => secrets.push(s),
+                Entry::RdsIam(s) => rds_iam.push(s),
+            }
         }
         // A dev run without --secret serves every key of the dev file.
-        if secrets.is_empty() && self.dev_secrets.is_none() {
+        if secrets.is_empty() && rds_iam.is_empty() && self.dev_secrets.is_none() {
             return Err(ConfigError::NoSecrets);
+        }
+        if !rds_iam.is_empty() && self.dev_secrets.is_some() {
+            return Err(ConfigError::RdsIamWithDev);
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(14 * 60)).contains(&self.rds_iam_renew_interval) {
+            return Err(ConfigError::RenewInterval(self.rds_iam_renew_interval));
         }
         if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
             return Err(ConfigError::NonLoopback(self.listen));
@@ -368,6 +496,8 @@ impl Settings {
         };
         Ok(Config {
             secrets,
+            rds_iam,
+            rds_iam_renew_interval: self.rds_iam_renew_interval,
             output_dir: self.output_dir.clone(),
             refresh_interval: self.refresh_interval,
             rotation_poll_interval: self.rotation_poll_interval,
@@ -424,6 +554,64 @@ mod tests {
         assert_eq!("db=".parse::<SecretSpec>(), Err(SpecError::BadSecretId("".into())));
         assert_eq!("db=a b".parse::<SecretSpec>(), Err(SpecError::BadSecretId("a b".into())));
         assert_eq!("db=a?fmt=raw".parse::<SecretSpec>(), Err(SpecError::BadOption("fmt=raw".into())));
+    }
+
+    #[test]
+    fn rds_iam_entries_parse_user_host_port_and_options() {
+        let e: Entry = "db=rds-iam://app@app.cluster-c9akciq32.eu-west-1.rds.amazonaws.com:3306".parse().unwrap();
+        assert_eq!(
+            e,
+            Entry::RdsIam(RdsIamSpec {
+                name: "db".into(),
+                user: "app".into(),
+                host: "app.cluster-c9akciq32.eu-west-1.rds.amazonaws.com".into(),
+                port: 3306,
+                region: None,
+                dbname: None,
+            })
+        );
+        let e: Entry =
+            "db=rds-iam://svc%40x@Proxy.example.internal:5432?region=us-west-2&dbname=app%20db".parse().unwrap();
+        let Entry::RdsIam(spec) = e else { panic!("not an IAM entry") };
+        assert_eq!((spec.user.as_str(), spec.host.as_str()), ("svc@x", "proxy.example.internal"));
+        assert_eq!((spec.region.as_deref(), spec.dbname.as_deref()), (Some("us-west-2"), Some("app db")));
+        assert_eq!(spec.file_name(), "db.json");
+        // Everything else is a Secrets Manager entry, ARNs included.
+        let e: Entry = "db=arn:aws:secretsmanager:eu-west-1:123456789012:secret:x".parse().unwrap();
+        assert!(matches!(e, Entry::Secret(_)));
+    }
+
+    #[test]
+    fn malformed_rds_iam_entries_name_what_is_wrong() {
+        for (entry, phrase) in [
+            ("db=rds-iam://db.internal:3306", "expected USER@HOST:PORT"),
+            ("db=rds-iam://app@db.internal", "the port is required"),
+            ("db=rds-iam://app@db.internal:0", "1 to 65535"),
+            ("db=rds-iam://app@db.internal:99999", "1 to 65535"),
+            ("db=rds-iam://app@db_internal:3306", "DNS name"),
+            ("db=rds-iam://app@[::1]:3306", "DNS name"),
+            ("db=rds-iam://@db.internal:3306", "1 to 63 printable"),
+            ("db=rds-iam://app@db.internal:3306?region=EU_WEST", "region=EU_WEST"),
+            ("db=rds-iam://app@db.internal:3306?format=raw", "format=raw"),
+        ] {
+            let err = entry.parse::<Entry>().unwrap_err().to_string();
+            assert!(err.contains(phrase), "{entry}: {err}");
+        }
+        assert_eq!("../x=rds-iam://a@b:1".parse::<Entry>(), Err(SpecError::BadName("../x".into())));
+    }
+
+    #[test]
+    fn rds_iam_entries_share_the_name_space_and_need_aws() {
+        let s = settings(&["--secret", "db=a", "--secret", "db=rds-iam://app@h.internal:3306"]).unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::DuplicateName(n)) if n == "db"));
+        let s = settings(&["--secret", "db=rds-iam://app@h.internal:3306"]).unwrap();
+        let c = s.validate().unwrap();
+        assert_eq!((c.secrets.len(), c.rds_iam.len()), (0, 1));
+        assert_eq!(c.rds_iam_renew_interval, Duration::from_secs(600));
+        let s = settings(&["--secret", "db=rds-iam://app@h.internal:3306", "--dev-secrets", "/x.json"]).unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::RdsIamWithDev)));
+        let s = settings(&["--secret", "db=x", "--rds-iam-renew-interval", "15m"]).unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::RenewInterval(_))));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //!
 //! Healthy means ready and not stale. Ready is the store's latch: every secret published once, then never
 //! false again, because a later Secrets Manager outage must not make ECS replace every task of a service
-//! at once. `--max-staleness` is the one, opt-in, way back to unhealthy.
+//! at once. `--max-staleness` is the one, opt-in, way back to unhealthy — and, for an `rds-iam://` entry, a
+//! token that would expire unrenewed: a task whose app cannot log in any more is better replaced.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::Empty;
 use hyper::StatusCode;
@@ -22,6 +23,9 @@ use crate::store::Store;
 
 /// The probe gives up after this long; ECS's own healthCheck timeout is 5 s by default.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Unhealthy when a published RDS IAM token expires within this long: it was due for renewal
+/// ([`crate::tokens::RENEW_BEFORE_EXPIRY`] earlier) and every renewal since has failed.
+pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +33,8 @@ pub enum HealthStatus {
     Ok,
     Starting,
     Stale,
+    /// An RDS IAM token expires within [`TOKEN_EXPIRY_MARGIN`] (or has expired) unrenewed.
+    Expiring,
 }
 
 /// The `/healthz` body.
@@ -52,11 +58,20 @@ pub struct SecretHealth {
     pub age_seconds: Option<u64>,
     pub stale: bool,
     pub last_error: Option<String>,
+    /// For an `rds-iam://` entry: seconds until the published token expires (negative once it has).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
 }
 
 /// The health of every secret in `store` at `now`.
 pub fn health(store: &Store, now: Instant, max_staleness: Option<Duration>) -> Health {
+    health_at(store, now, SystemTime::now(), max_staleness)
+}
+
+/// [`health`] at a given wall-clock time too (token expiry is wall-clock).
+pub fn health_at(store: &Store, now: Instant, wall: SystemTime, max_staleness: Option<Duration>) -> Health {
     let mut stale = false;
+    let mut expiring = false;
     let secrets = store
         .all()
         .into_iter()
@@ -64,20 +79,27 @@ pub fn health(store: &Store, now: Instant, max_staleness: Option<Duration>) -> H
             let age = s.age(now);
             let is_stale = matches!((max_staleness, age), (Some(max), Some(age)) if age > max);
             stale |= is_stale;
+            let expires_in = s.expires_at.map(|at| match at.duration_since(wall) {
+                Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+            });
+            expiring |= expires_in.is_some_and(|left| left < TOKEN_EXPIRY_MARGIN.as_secs() as i64);
             let entry = SecretHealth {
                 ready: s.current.is_some(),
                 version_id: s.current.as_ref().map(|v| v.id.clone()),
                 age_seconds: age.map(|a| a.as_secs()),
                 stale: is_stale,
                 last_error: s.last_error.clone(),
+                expires_in_seconds: expires_in,
             };
             (s.spec.name.clone(), entry)
         })
         .collect();
-    let status = match (store.is_ready(), stale) {
-        (false, _) => HealthStatus::Starting,
-        (true, true) => HealthStatus::Stale,
-        (true, false) => HealthStatus::Ok,
+    let status = match (store.is_ready(), stale, expiring) {
+        (false, _, _) => HealthStatus::Starting,
+        (true, _, true) => HealthStatus::Expiring,
+        (true, true, false) => HealthStatus::Stale,
+        (true, false, false) => HealthStatus::Ok,
     };
     Health { status, secrets }
 }
@@ -171,6 +193,33 @@ mod tests {
         let h = health(&store, Instant::now(), max);
         assert_eq!(h.status, HealthStatus::Stale);
         assert!(h.secrets["a"].stale);
+    }
+
+    #[test]
+    fn an_iam_token_turns_health_red_only_when_it_would_expire_unrenewed() {
+        let store = store(&["db"]);
+        let now = Instant::now();
+        publish(&store, "db", now);
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        store.update("db", |s| s.expires_at = Some(wall + Duration::from_secs(900)));
+        let h = health_at(&store, now, wall, None);
+        assert_eq!((h.status, h.secrets["db"].expires_in_seconds), (HealthStatus::Ok, Some(900)));
+        // Renewals failing since the 10-minute mark: healthy while more than a minute is left.
+        let h = health_at(&store, now, wall + Duration::from_secs(839), None);
+        assert_eq!((h.status, h.secrets["db"].expires_in_seconds), (HealthStatus::Ok, Some(61)));
+        let h = health_at(&store, now, wall + Duration::from_secs(841), None);
+        assert_eq!((h.status, h.secrets["db"].expires_in_seconds), (HealthStatus::Expiring, Some(59)));
+        let h = health_at(&store, now, wall + Duration::from_secs(1000), None);
+        assert_eq!((h.status, h.secrets["db"].expires_in_seconds), (HealthStatus::Expiring, Some(-100)));
+        assert!(!h.is_healthy());
+        // A secret without a token says nothing about expiry.
+        assert!(!serde_json::to_string(&health(&store_with_plain(), now, None)).unwrap().contains("expires_in"));
+    }
+
+    fn store_with_plain() -> Store {
+        let s = store(&["a"]);
+        publish(&s, "a", Instant::now());
+        s
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! # Layout
 //! Data flows one way: configuration → source → poller → (files, store) → HTTP.
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
-//! - [`source`]: where values come from — Secrets Manager ([`source::aws`]) or a dev file ([`source::dev`]).
+//! - [`source`]: where values come from — Secrets Manager ([`source::aws`]) or a dev file ([`source::dev`]);
+//!   and RDS IAM tokens, signed locally ([`source::rds_iam`]).
 //! - [`poller`]: one task per secret that owns its check state, decides what to fetch, and publishes a new
 //!   version to its file and then the store in one step; forced refreshes are messages to that task.
+//! - [`tokens`]: the same for an `rds-iam://` entry: one task that signs an RDS IAM auth token, publishes it
+//!   like a secret and renews it before it expires.
 //! - [`schedule`]: when a secret is checked next, as a pure function of what happened to it.
 //! - [`publish`]: atomic writes of files on the shared volume.
 //! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
@@ -35,6 +38,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod source;
 pub mod store;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,8 +84,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     publisher.check_writable()?;
 
     let mut secrets = config.secrets.clone();
+    let mut signer = None;
     let source = match &config.source {
-        SourceConfig::Aws { endpoint_url } => Source::Aws(AwsSource::from_env(endpoint_url.as_deref()).await?),
+        SourceConfig::Aws { endpoint_url } => {
+            let sdk = source::aws::sdk_config(endpoint_url.as_deref()).await?;
+            if !config.rds_iam.is_empty() {
+                let credentials = sdk.credentials_provider().ok_or(source::aws::SetupError::NoCredentials)?;
+                let default_region = sdk.region().map(|r| r.to_string()).ok_or(source::aws::SetupError::NoRegion)?;
+                signer = Some(tokens::Signer { credentials, default_region });
+            }
+            Source::Aws(AwsSource::from_sdk(&sdk))
+        }
         SourceConfig::Dev { path } => {
             let dev = DevSource::new(path.clone());
             if secrets.is_empty() {
@@ -108,18 +121,37 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         }
     };
 
-    let store = Arc::new(Store::new(&secrets));
+    // rds-iam:// entries are served like secrets: the store and HTTP see them under their names.
+    let mut served = secrets.clone();
+    served.extend(config.rds_iam.iter().map(tokens::store_spec));
+    let store = Arc::new(Store::new(&served));
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let poller = Poller::start(
         source,
         store.clone(),
-        publisher,
+        publisher.clone(),
         Timing::from_config(&config),
         &secrets,
         &tracker,
         cancel.clone(),
     );
+    let poller = match signer {
+        Some(signer) => {
+            let channels = tokens::start(
+                &config.rds_iam,
+                signer,
+                config.rds_iam_renew_interval,
+                store.clone(),
+                publisher.clone(),
+                poller.metrics_handle(),
+                &tracker,
+                cancel.clone(),
+            );
+            poller.with_tokens(channels)
+        }
+        None => poller,
+    };
 
     // Kept alive for the whole run: dropping the watcher stops it.
     let _watcher = match &config.source {
@@ -132,7 +164,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(listen = %addr, secrets = secrets.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
+    tracing::info!(listen = %addr, secrets = served.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
     tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));
 
     shutdown.await;

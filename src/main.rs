@@ -104,7 +104,22 @@ fn print_config(c: &Config) {
             c.output_dir.join(s.file_name()).display()
         );
     }
+    for s in &c.rds_iam {
+        println!(
+            "rds-iam {}: token for {}@{}:{}{}{} -> {}",
+            s.name,
+            s.user,
+            s.host,
+            s.port,
+            s.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
+            s.dbname.as_ref().map(|d| format!(", dbname {d}")).unwrap_or_default(),
+            c.output_dir.join(s.file_name()).display()
+        );
+    }
     let d = humantime::format_duration;
+    if !c.rds_iam.is_empty() {
+        println!("rds-iam renew interval: {}", d(c.rds_iam_renew_interval));
+    }
     println!(
         "refresh interval: {} (rotation: {}, min forced gap: {})",
         d(c.refresh_interval),

@@ -64,6 +64,7 @@ pub struct Metrics {
     forced: Family<ForcedLabels, Counter>,
     last_success: Family<SecretLabel, Gauge>,
     rotation: Family<SecretLabel, Gauge>,
+    token_expiry: Family<SecretLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -75,6 +76,7 @@ impl Default for Metrics {
             forced: Family::default(),
             last_success: Family::default(),
             rotation: Family::default(),
+            token_expiry: Family::default(),
             registry: Registry::default(),
         };
         registry.register("checks", "Checks of a secret, by result", m.checks.clone());
@@ -86,6 +88,11 @@ impl Default for Metrics {
             m.last_success.clone(),
         );
         registry.register("rotation_in_progress", "1 while AWSPENDING is on another version", m.rotation.clone());
+        registry.register(
+            "rds_iam_token_expiry_timestamp_seconds",
+            "Unix time the published RDS IAM token of an rds-iam:// entry expires (alert when it nears time())",
+            m.token_expiry.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -111,6 +118,11 @@ impl Metrics {
         let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.last_success.get_or_create(&label(secret)).set(i64::try_from(secs).unwrap_or(i64::MAX));
         self.rotation.get_or_create(&label(secret)).set(i64::from(rotation_in_progress));
+    }
+
+    pub fn token_expiry(&self, secret: &str, at: SystemTime) {
+        let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.token_expiry.get_or_create(&label(secret)).set(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition.

@@ -57,6 +57,9 @@ pub enum CheckError {
     Publish(#[from] PublishError),
     #[error("the poller is shutting down")]
     Stopped,
+    /// Signing an `rds-iam://` token failed ([`crate::tokens`]); the text names no credential.
+    #[error("{0}")]
+    Token(String),
 }
 
 impl CheckError {
@@ -65,7 +68,7 @@ impl CheckError {
     fn failure(&self) -> Failure {
         match self {
             CheckError::Fetch(e) if e.is_transient() => Failure::Transient,
-            CheckError::Publish(_) | CheckError::Stopped => Failure::Transient,
+            CheckError::Publish(_) | CheckError::Stopped | CheckError::Token(_) => Failure::Transient,
             CheckError::Fetch(_) | CheckError::Invalid { .. } => Failure::Permanent,
         }
     }
@@ -88,7 +91,7 @@ pub struct RefreshReport {
 /// What a forced refresh answers; every caller sharing a check gets the same one.
 pub type RefreshAnswer = Result<RefreshReport, Arc<CheckError>>;
 
-enum Command {
+pub(crate) enum Command {
     /// A client's forced check.
     Refresh(oneshot::Sender<RefreshAnswer>),
     /// Check now, no gap (a dev-file edit).
@@ -157,6 +160,18 @@ impl Poller {
             })
             .collect();
         Poller { secrets: Arc::new(secrets), metrics }
+    }
+
+    /// Routes forced refreshes of `rds-iam://` entries to their tasks ([`crate::tokens`]) as well.
+    pub(crate) fn with_tokens(self, tokens: HashMap<String, mpsc::Sender<Command>>) -> Self {
+        let mut secrets = (*self.secrets).clone();
+        secrets.extend(tokens);
+        Poller { secrets: Arc::new(secrets), metrics: self.metrics }
+    }
+
+    /// The metrics every task records into (token tasks share them).
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// What the checks so far counted, for `/metrics`.

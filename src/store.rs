@@ -62,11 +62,20 @@ pub struct SecretState {
     pub last_success: Option<(Instant, SystemTime)>,
     /// Last failure, cleared by the next success. Its text names a reason and an AWS code, never a value.
     pub last_error: Option<String>,
+    /// For an `rds-iam://` entry: when the published token expires.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl SecretState {
     fn new(spec: SecretSpec) -> Self {
-        SecretState { spec, current: None, view: View::default(), last_success: None, last_error: None }
+        SecretState {
+            spec,
+            current: None,
+            view: View::default(),
+            last_success: None,
+            last_error: None,
+            expires_at: None,
+        }
     }
 
     pub fn age(&self, now: Instant) -> Option<Duration> {

@@ -27,29 +27,40 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SetupError {
     #[error("no AWS region configured: set AWS_REGION (Fargate sets it for you)")]
     NoRegion,
+    #[error("no AWS credentials provider: rds-iam:// entries sign with the task role's credentials")]
+    NoCredentials,
 }
 
 pub struct AwsSource {
     client: Client,
 }
 
+/// Loads the SDK configuration from the environment (credentials chain, region), with our timeouts.
+pub async fn sdk_config(endpoint_url: Option<&str>) -> Result<aws_config::SdkConfig, SetupError> {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err(SetupError::NoRegion);
+    }
+    Ok(sdk)
+}
+
 impl AwsSource {
     /// Loads the SDK configuration from the environment, with our timeouts.
     pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, SetupError> {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-            .operation_timeout(OPERATION_TIMEOUT)
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
-        if let Some(url) = endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(SetupError::NoRegion);
-        }
-        Ok(AwsSource { client: Client::new(&sdk) })
+        Ok(Self::from_sdk(&sdk_config(endpoint_url).await?))
+    }
+
+    pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Self {
+        AwsSource { client: Client::new(sdk) }
     }
 
     /// Wraps a ready client (tests use this with `aws-smithy-mocks`).

@@ -212,6 +212,7 @@ pub struct SidecarBuilder {
     log_format: &'static str,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    removed_envs: Vec<String>,
     secrets: Vec<String>,
     dir: Option<PathBuf>,
 }
@@ -229,6 +230,12 @@ impl SidecarBuilder {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Removes a variable the harness would set (e.g. the dummy AWS keys).
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.removed_envs.push(k.into());
         self
     }
 
@@ -275,6 +282,9 @@ impl SidecarBuilder {
         cmd.args(&self.args);
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        for k in &self.removed_envs {
+            cmd.env_remove(k);
         }
         let out = std::fs::File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out).kill_on_drop(true);
@@ -328,6 +338,7 @@ impl Sidecar {
             log_format: "text",
             args: vec![],
             envs: vec![],
+            removed_envs: vec![],
             secrets: vec![],
             dir: None,
         }

@@ -1,5 +1,9 @@
 """Fixtures shared by the deployment tests: the repository's files, freshly loaded per test so a
-test may mutate its copy (the negative controls do)."""
+test may mutate its copy (the negative controls do).
+
+`task_def` and `policy` are those of one deployment (deployments.py); every test that uses them runs
+once per deployment. A test that is about one kind only pins it with
+`@pytest.mark.parametrize("deployment", [...])`, which overrides the fixture below."""
 
 from __future__ import annotations
 
@@ -10,18 +14,24 @@ from pathlib import Path
 import pytest
 
 import dockerfile
+from deployments import DEPLOYMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def task_def() -> dict:
-    return json.loads((ROOT / "ecs-task-def.json").read_text())
+@pytest.fixture(params=list(DEPLOYMENTS))
+def deployment(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def policy() -> dict:
-    return json.loads((ROOT / "iam-policy.json").read_text())
+def task_def(deployment) -> dict:
+    return json.loads((ROOT / DEPLOYMENTS[deployment].task_def).read_text())
+
+
+@pytest.fixture
+def policy(deployment) -> dict:
+    return json.loads((ROOT / DEPLOYMENTS[deployment].policy).read_text())
 
 
 @pytest.fixture

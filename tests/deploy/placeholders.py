@@ -1,4 +1,5 @@
-"""The placeholders of ecs-task-def.json and iam-policy.json, with example values.
+"""The placeholders of the deployment files (deployments.py: the task definitions and policies), with
+example values.
 
 README.md ("Deploying on ECS") lists the same names (test_docs.py keeps the two in step). The example
 values are what a user substitutes before registering; the tests render the files with them to
@@ -18,6 +19,12 @@ EXAMPLE_VALUES = {
     "<TASK_ROLE_ARN>": "arn:aws:iam::123456789012:role/rails-app-task",
     "<EXECUTION_ROLE_ARN>": "arn:aws:iam::123456789012:role/ecsTaskExecutionRole",
     "<KMS_KEY_ARN>": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    # The rds-iam deployment: the token's user and the endpoint it is signed for, and the database's
+    # resource id in the policy's dbuser ARN (an Aurora cluster's here; db-… for an instance, prx-… for a proxy).
+    "<DB_USER>": "app",
+    "<DB_HOST>": "rails-app.cluster-c1a2b3c4d5e6.eu-west-1.rds.amazonaws.com",
+    "<DB_PORT>": "3306",
+    "<DB_RESOURCE_ID>": "cluster-7ZQ2K4M6N8P0R2T4V6X8Z0B2D4",
 }
 
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")

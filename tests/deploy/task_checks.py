@@ -1,4 +1,4 @@
-"""The relations between the sidecar and the app that make ecs-task-def.json work.
+"""The relations between the sidecar and the app that make ecs-task-def.json (and its rds-iam variant) work.
 
 The ECS API accepts many task definitions in which the sidecar cannot do its job: an app that
 starts before the credentials exist, a volume mounted by one container only, a health check that
@@ -8,7 +8,10 @@ fine), so the tests can apply it to the real file and to mutated copies (the neg
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
+
+import placeholders
 
 SIDECAR = "secrets-sidecar"
 APP = "app"
@@ -23,6 +26,12 @@ DEFAULT_OUTPUT_DIR = "/secrets"
 HEALTHCHECK_OWN_TIMEOUT_S = 2
 # ECS healthCheck limits (task_definition_parameters.md, DOMAIN.md section 3).
 HEALTHCHECK_LIMITS = {"interval": (5, 300), "timeout": (2, 60), "retries": (1, 10), "startPeriod": (0, 300)}
+# `NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]` (issue 9): the sidecar signs an RDS IAM auth token
+# for USER at HOST:PORT and publishes it as NAME.json. The app sends a token only over TLS to a server it
+# verified with the RDS CA bundle, which is in the app's own image (README, "IAM authentication").
+RDS_IAM_SCHEME = "rds-iam://"
+RDS_IAM_OPTIONS = ("region", "dbname")
+CA_FILE_VAR = "SECRETS_SIDECAR_CA_FILE"
 # Volume members that turn a task-scoped bind mount into something else (host path, Docker
 # volume driver, EFS, FSx, EBS at launch): Fargate's root-owned-0755 rule and the copy of the
 # image's /secrets apply only to the plain `{"name": ...}` form.
@@ -65,6 +74,32 @@ def secret_specs(sidecar_secrets: str) -> list[tuple[str, str, str]]:
                 fmt = v
         specs.append((name, secret_id, fmt))
     return specs
+
+
+class RdsIamEntry(NamedTuple):
+    name: str
+    user: str
+    host: str
+    port: str
+    options: dict[str, str]
+
+
+def rds_iam_entries(sidecar_secrets: str) -> list[RdsIamEntry]:
+    """The `rds-iam://` entries of SIDECAR_SECRETS, split as the sidecar splits them (the user ends at
+    the last `@`, the port starts after the last `:`), to relate them to the app and the policy."""
+    entries = []
+    for entry in sidecar_secrets.split(","):
+        name, _, rest = entry.partition("=")
+        if not rest.startswith(RDS_IAM_SCHEME):
+            continue
+        authority, _, query = rest[len(RDS_IAM_SCHEME) :].partition("?")
+        user, _, host_port = authority.rpartition("@")
+        host, colon, port = host_port.rpartition(":")
+        if not colon:
+            host, port = host_port, ""
+        options = {k: v for k, _, v in (opt.partition("=") for opt in filter(None, query.split("&")))}
+        entries.append(RdsIamEntry(name, user, host, port, options))
+    return entries
 
 
 def mount(c: dict, volume: str = VOLUME) -> dict | None:
@@ -201,6 +236,47 @@ def check_app_points_at_sidecar(td: dict, image_env: dict[str, str]) -> list[str
     return problems
 
 
+def _port_ok(port: str) -> bool:
+    # A placeholder is filled in before registering; check-config then sees the number.
+    if placeholders.PLACEHOLDER.fullmatch(port):
+        return True
+    return re.fullmatch(r"[0-9]{1,5}", port) is not None and 1 <= int(port) <= 65535
+
+
+def check_rds_iam(td: dict) -> list[str]:
+    """Each `rds-iam://` entry names a user, a host and a numeric port (the token is signed for
+    HOST:PORT), and the app can verify the server it sends the token to: SECRETS_SIDECAR_CA_FILE, an
+    absolute path in the app image that no mount of the app hides. A task without such entries has
+    nothing to check here."""
+    entries = rds_iam_entries(env_of(container(td, SIDECAR)).get("SIDECAR_SECRETS", ""))
+    if not entries:
+        return []
+    problems = []
+    for e in entries:
+        what = f"rds-iam entry {e.name!r}"
+        if not e.user:
+            problems.append(f"{what} names no user (USER@HOST:PORT)")
+        if not e.host:
+            problems.append(f"{what} names no host (USER@HOST:PORT)")
+        if not _port_ok(e.port):
+            problems.append(f"{what}: the port must be a number 1..65535 (the token is signed for HOST:PORT), is {e.port!r}")
+        unknown = sorted(set(e.options) - set(RDS_IAM_OPTIONS))
+        if unknown:
+            problems.append(f"{what}: unknown option(s) {unknown}, an IAM entry takes only {list(RDS_IAM_OPTIONS)}")
+    app = container(td, APP)
+    ca = env_of(app).get(CA_FILE_VAR)
+    if not ca:
+        problems.append(f"{APP} has no {CA_FILE_VAR}: the hook sends a token only to a server verified with the RDS CA bundle")
+    elif not ca.startswith("/"):
+        problems.append(f"{APP} {CA_FILE_VAR} must be an absolute path in the app image, is {ca!r}")
+    else:
+        for m in app.get("mountPoints", []):
+            path = m.get("containerPath", "").rstrip("/")
+            if ca.startswith(path + "/"):
+                problems.append(f"{APP} {CA_FILE_VAR} {ca} is under the mount {path}, which hides the app image's files there")
+    return problems
+
+
 # Fargate's task-level cpu (units) -> allowed memory (MiB), from the ECS developer guide's table.
 def _fargate_memory(cpu: int) -> set[int]:
     gib = 1024
@@ -250,4 +326,5 @@ ALL_CHECKS = (
     check_sidecar_hardening,
     check_no_value_from_for_db_password,
     check_fargate,
+    check_rds_iam,
 )

@@ -2,43 +2,74 @@
 
 The sidecar polls with DescribeSecret and fetches with GetSecretValue (issue 2); kms:Decrypt is
 needed only when a customer-managed key encrypts the secret, and only through Secrets Manager.
+
+iam-policy.rds-iam.json: the task role may connect as the one database user the sidecar signs tokens
+for (issue 9), nothing else. Signing is local: no Secrets Manager, no KMS, no RDS API call. The
+resource is `dbuser:<DB_RESOURCE_ID>/<DB_USER>`: the DbiResourceId of an instance, the
+DbClusterResourceId of an Aurora cluster, or a proxy's prx-… id (README, "IAM authentication").
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 
 import placeholders
 import task_checks as tc
 
+SM = "secrets-manager"
+RDS_IAM = "rds-iam"
 SM_ACTIONS = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+RDS_DB_CONNECT = "rds-db:connect"
+POLICY_ACTIONS = {SM: SM_ACTIONS | {"kms:Decrypt"}, RDS_IAM: {RDS_DB_CONNECT}}
+DBUSER_ARN = re.compile(r"arn:aws:rds-db:(?P<region>[^:]+):(?P<account>[^:]+):dbuser:(?P<resource_id>[^/]+)/(?P<user>[^/]+)")
+# An instance's DbiResourceId (db-…), an Aurora cluster's DbClusterResourceId (cluster-…), a proxy's
+# id (prx-…); not the instance's or cluster's name, which IAM would take without complaint.
+RESOURCE_ID = re.compile(r"<DB_RESOURCE_ID>|(?:db|cluster|prx)-[A-Za-z0-9]+")
+
+
+def only(deployment: str):
+    """Run a test on one deployment's files only (overrides conftest's `deployment` fixture)."""
+    return pytest.mark.parametrize("deployment", [deployment])
 
 
 def as_list(v):
     return v if isinstance(v, list) else [v]
 
 
-def check_policy(policy: dict, secret_arns: list[str]) -> list[str]:
+def statements(policy: dict):
+    """(where, statement, actions, resources) for each statement."""
+    for i, st in enumerate(as_list(policy.get("Statement", []))):
+        where = f"Statement[{i}] ({st.get('Sid', 'no Sid')})"
+        yield where, st, as_list(st.get("Action", [])), as_list(st.get("Resource", []))
+
+
+def check_statements(policy: dict) -> list[str]:
+    """What every task-role policy here is: the current Version, and statements that Allow named
+    actions on named resources (no Not*, no Principal, no wildcard action)."""
     problems = []
     if policy.get("Version") != "2012-10-17":
         problems.append("Version must be 2012-10-17 (the older 2008 version has no policy variables)")
-    statements = as_list(policy.get("Statement", []))
-    granted: dict[str, list[str]] = {}
-    for i, st in enumerate(statements):
-        where = f"Statement[{i}] ({st.get('Sid', 'no Sid')})"
+    for where, st, actions, _ in statements(policy):
         if st.get("Effect") != "Allow":
             problems.append(f"{where}: expected Effect Allow, got {st.get('Effect')!r}")
         for key in ("NotAction", "NotResource", "Principal"):
             if key in st:
                 problems.append(f"{where}: {key} has no place in a task-role identity policy")
-        actions = as_list(st.get("Action", []))
-        resources = as_list(st.get("Resource", []))
         for a in actions:
             if "*" in a:
                 problems.append(f"{where}: wildcard action {a!r}")
+    return problems
+
+
+def check_policy(policy: dict, secret_arns: list[str]) -> list[str]:
+    problems = check_statements(policy)
+    granted: dict[str, list[str]] = {}
+    for where, st, actions, resources in statements(policy):
+        for a in actions:
             if a.startswith("secretsmanager:"):
                 if a not in SM_ACTIONS:
                     problems.append(f"{where}: action {a!r} is more than the sidecar needs")
@@ -60,24 +91,82 @@ def check_policy(policy: dict, secret_arns: list[str]) -> list[str]:
     return problems
 
 
+def check_rds_iam_policy(policy: dict, dbuser_arns: list[str]) -> list[str]:
+    problems = check_statements(policy)
+    granted: list[str] = []
+    for where, st, actions, resources in statements(policy):
+        for a in actions:
+            if a != RDS_DB_CONNECT:
+                problems.append(f"{where}: unexpected action {a!r} (the sidecar signs tokens locally and calls no AWS API)")
+                continue
+            for r in resources:
+                m = DBUSER_ARN.fullmatch(r)
+                if m is None or "*" in r or "?" in r:
+                    problems.append(
+                        f"{where}: {a} must name one dbuser ARN without wildcards "
+                        f"(arn:aws:rds-db:REGION:ACCOUNT_ID:dbuser:RESOURCE_ID/USER), not {r!r}"
+                    )
+                elif not RESOURCE_ID.fullmatch(m["resource_id"]):
+                    problems.append(f"{where}: {m['resource_id']!r} is not a resource id (db-…, cluster-… or prx-…), not the database's name")
+                elif r not in dbuser_arns:
+                    problems.append(f"{where}: {a} as user {m['user']!r} in {m['region']} is not a token the sidecar signs ({dbuser_arns})")
+            granted.extend(resources)
+    if sorted(set(granted)) != sorted(dbuser_arns):
+        problems.append(f"{RDS_DB_CONNECT} must be granted on exactly {dbuser_arns}, is on {granted}")
+    return problems
+
+
 def sidecar_secret_arns(task_def) -> list[str]:
     env = tc.env_of(tc.container(task_def, tc.SIDECAR))
     return [sid for _, sid, _ in tc.secret_specs(env["SIDECAR_SECRETS"])]
 
 
+def sidecar_dbuser_arns(task_def) -> list[str]:
+    """The dbuser ARN of each rds-iam:// entry: its user, in its region (the task's unless `region=`)."""
+    env = tc.env_of(tc.container(task_def, tc.SIDECAR))
+    return [
+        f"arn:aws:rds-db:{e.options.get('region', '<REGION>')}:<ACCOUNT_ID>:dbuser:<DB_RESOURCE_ID>/{e.user}"
+        for e in tc.rds_iam_entries(env["SIDECAR_SECRETS"])
+    ]
+
+
+@only(SM)
 def test_policy_grants_exactly_what_the_sidecar_calls_on_its_secret(policy, task_def):
     arns = sidecar_secret_arns(task_def)
     assert arns == ["arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"]
     assert check_policy(policy, arns) == []
 
 
-def test_policy_actions(policy):
+@only(RDS_IAM)
+def test_rds_iam_policy_grants_exactly_connect_as_the_user_the_sidecar_signs_for(policy, task_def):
+    arns = sidecar_dbuser_arns(task_def)
+    assert arns == ["arn:aws:rds-db:<REGION>:<ACCOUNT_ID>:dbuser:<DB_RESOURCE_ID>/<DB_USER>"]
+    # This policy grants no Secrets Manager access: every entry must be a token.
+    assert len(arns) == len(sidecar_secret_arns(task_def))
+    assert check_rds_iam_policy(policy, arns) == []
+
+
+@only(RDS_IAM)
+def test_rds_iam_policys_dbuser_is_the_entrys_user_as_written_and_as_registered(policy, task_def):
+    for pol, td in ((policy, task_def), (render(policy), render(task_def))):
+        env = tc.env_of(tc.container(td, tc.SIDECAR))
+        entry_users = [e.user for e in tc.rds_iam_entries(env["SIDECAR_SECRETS"])]
+        policy_users = [DBUSER_ARN.fullmatch(r)["user"] for _, _, _, resources in statements(pol) for r in resources]
+        assert policy_users == entry_users != []
+    assert entry_users == [placeholders.EXAMPLE_VALUES["<DB_USER>"]]
+
+
+def render(doc: dict) -> dict:
+    return json.loads(placeholders.render(json.dumps(doc)))
+
+
+def test_policy_actions(deployment, policy):
     actions = {a for st in policy["Statement"] for a in as_list(st["Action"])}
-    assert actions == SM_ACTIONS | {"kms:Decrypt"}
+    assert actions == POLICY_ACTIONS[deployment]
 
 
 def test_policy_is_valid_json_after_rendering(policy):
-    rendered = json.loads(placeholders.render(json.dumps(policy)))
+    rendered = render(policy)
     assert placeholders.placeholders_in(json.dumps(rendered)) == set()
 
 
@@ -114,9 +203,91 @@ VIOLATIONS = [
 ]
 
 
+@only(SM)
 @pytest.mark.parametrize("mutate, phrase", [v[1:] for v in VIOLATIONS], ids=[v[0] for v in VIOLATIONS])
 def test_policy_check_catches(policy, task_def, mutate, phrase):
     bad = copy.deepcopy(policy)
     mutate(bad)
     problems = check_policy(bad, sidecar_secret_arns(task_def))
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+DBUSER = "arn:aws:rds-db:<REGION>:<ACCOUNT_ID>:dbuser:<DB_RESOURCE_ID>/<DB_USER>"
+
+
+def _connect(policy):
+    return _statement(policy, RDS_DB_CONNECT)
+
+
+def _dbuser(resource_id="<DB_RESOURCE_ID>", user="<DB_USER>", region="<REGION>"):
+    return f"arn:aws:rds-db:{region}:<ACCOUNT_ID>:dbuser:{resource_id}/{user}"
+
+
+RDS_IAM_VIOLATIONS = [
+    ("star-resource", lambda p: _connect(p).update(Resource="*"), "without wildcards"),
+    ("any-user", lambda p: _connect(p).update(Resource=_dbuser(user="*")), "without wildcards"),
+    ("any-database", lambda p: _connect(p).update(Resource=_dbuser(resource_id="*")), "without wildcards"),
+    ("any-database-of-one-character-pattern", lambda p: _connect(p).update(Resource=_dbuser(resource_id="cluster-?")), "without wildcards"),
+    ("rds-arn-not-dbuser", lambda p: _connect(p).update(Resource="arn:aws:rds:<REGION>:<ACCOUNT_ID>:cluster:rails-app"), "dbuser ARN"),
+    ("cluster-name-not-resource-id", lambda p: _connect(p).update(Resource=_dbuser(resource_id="rails-app")), "not a resource id"),
+    ("another-user", lambda p: _connect(p).update(Resource=_dbuser(user="admin")), "'admin'"),
+    ("another-region", lambda p: _connect(p).update(Resource=_dbuser(region="us-east-1")), "us-east-1"),
+    ("extra-user", lambda p: _connect(p).update(Resource=[DBUSER, _dbuser(user="admin")]), "'admin'"),
+    (
+        "proxy-as-second-statement",
+        lambda p: p["Statement"].append({"Effect": "Allow", "Action": RDS_DB_CONNECT, "Resource": _dbuser(resource_id="prx-0123456789abcdef0")}),
+        "is not a token the sidecar signs",
+    ),
+    ("wildcard-action", lambda p: _connect(p).update(Action="rds-db:*"), "wildcard action"),
+    ("extra-action", lambda p: _connect(p).update(Action=[RDS_DB_CONNECT, "rds:DescribeDBClusters"]), "unexpected action 'rds:DescribeDBClusters'"),
+    ("connect-missing", lambda p: _connect(p).update(Action="rds:Connect"), "must be granted on exactly"),
+    (
+        "secrets-manager-kept",
+        lambda p: p["Statement"].append({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "x"}),
+        "unexpected action 'secretsmanager:GetSecretValue'",
+    ),
+    ("kms-kept", lambda p: p["Statement"].append({"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "<KMS_KEY_ARN>"}), "unexpected action 'kms:Decrypt'"),
+    ("deny-effect", lambda p: _connect(p).update(Effect="Deny"), "Effect Allow"),
+    ("not-resource", lambda p: _connect(p).update(NotResource=_connect(p).pop("Resource")), "NotResource"),
+    ("not-action", lambda p: _connect(p).update(NotAction=_connect(p).pop("Action")), "NotAction"),
+    ("old-version", lambda p: p.update(Version="2008-10-17"), "2012-10-17"),
+]
+
+
+@only(RDS_IAM)
+@pytest.mark.parametrize("mutate, phrase", [v[1:] for v in RDS_IAM_VIOLATIONS], ids=[v[0] for v in RDS_IAM_VIOLATIONS])
+def test_rds_iam_policy_check_catches(policy, task_def, mutate, phrase):
+    bad = copy.deepcopy(policy)
+    mutate(bad)
+    problems = check_rds_iam_policy(bad, sidecar_dbuser_arns(task_def))
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+def _entry(value):
+    def mutate(td):
+        for e in tc.container(td, tc.SIDECAR)["environment"]:
+            if e["name"] == "SIDECAR_SECRETS":
+                e["value"] = value
+
+    return mutate
+
+
+# The task definition drifts, the policy does not follow.
+RDS_IAM_TASK_VIOLATIONS = [
+    ("entry-for-another-user", _entry("db=rds-iam://admin@<DB_HOST>:<DB_PORT>"), "must be granted on exactly"),
+    ("entry-in-another-region", _entry("db=rds-iam://<DB_USER>@<DB_HOST>:<DB_PORT>?region=us-east-1"), "must be granted on exactly"),
+    (
+        "entry-is-a-secret",
+        _entry("db=arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"),
+        "is not a token the sidecar signs ([])",
+    ),
+]
+
+
+@only(RDS_IAM)
+@pytest.mark.parametrize("mutate, phrase", [v[1:] for v in RDS_IAM_TASK_VIOLATIONS], ids=[v[0] for v in RDS_IAM_TASK_VIOLATIONS])
+def test_rds_iam_policy_check_catches_a_task_definition_it_does_not_cover(policy, task_def, mutate, phrase):
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = check_rds_iam_policy(policy, sidecar_dbuser_arns(bad))
     assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"

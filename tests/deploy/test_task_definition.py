@@ -1,4 +1,5 @@
-"""ecs-task-def.json: accepted by the ECS API's input model, and wired so the sidecar works.
+"""ecs-task-def.json and ecs-task-def.rds-iam.json: accepted by the ECS API's input model, and wired so
+the sidecar works. Every test that takes `task_def` runs on both (conftest.py, deployments.py).
 
 Three layers, each with negative controls proving the guard can fail:
 1. shape: the file against RegisterTaskDefinition's input shape in botocore's ECS model;
@@ -11,8 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from botocore.validate import ParamValidator
@@ -20,8 +23,11 @@ from botocore.validate import ParamValidator
 import placeholders
 import shape_validator
 import task_checks as tc
+from deployments import DEPLOYMENTS
 
 SHAPE = shape_validator.register_task_definition_input()
+ROOT = Path(__file__).resolve().parents[2]
+RDS_IAM = "rds-iam"
 
 
 def containers(td):
@@ -228,6 +234,24 @@ def _env_set(name_fn, key, value):
     return mutate
 
 
+def _env_del(name_fn, key):
+    def mutate(td):
+        c = name_fn(td)
+        c["environment"] = [e for e in c["environment"] if e["name"] != key]
+
+    return mutate
+
+
+def _rename_entry(new_name):
+    """SIDECAR_SECRETS's entry under another name, whatever its kind."""
+
+    def mutate(td):
+        old = tc.env_of(_side(td))["SIDECAR_SECRETS"]
+        _env_set(_side, "SIDECAR_SECRETS", f"{new_name}={old.partition('=')[2]}")(td)
+
+    return mutate
+
+
 # (id, check, mutation, a phrase of the problem it must report)
 RELATION_VIOLATIONS = [
     ("app-mount-rw", tc.check_shared_volume, _set(lambda td: _mount(td, "app"), "readOnly", False), "read-only"),
@@ -328,11 +352,7 @@ APP_ENV_VIOLATIONS = [
     ("token-file", _env_set(_app, "SECRETS_SIDECAR_TOKEN_FILE", "/secrets/token"), "SECRETS_SIDECAR_TOKEN_FILE"),
     # The sidecar changes, the app does not follow.
     ("sidecar-listen-moved", _env_set(_side, "SIDECAR_LISTEN", "127.0.0.1:2999"), "SECRETS_SIDECAR_URL"),
-    (
-        "secret-renamed",
-        _env_set(_side, "SIDECAR_SECRETS", "primary=arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"),
-        "SECRETS_SIDECAR_FILE",
-    ),
+    ("secret-renamed", _rename_entry("primary"), "SECRETS_SIDECAR_FILE"),
     ("output-dir-moved", _env_set(_side, "SIDECAR_OUTPUT_DIR", "/var/secrets"), "writes to /var/secrets"),
 ]
 
@@ -342,6 +362,100 @@ def test_app_env_check_catches(task_def, image_env, mutate, phrase):
     bad = copy.deepcopy(task_def)
     mutate(bad)
     problems = tc.check_app_points_at_sidecar(bad, image_env)
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+def _entry(value):
+    return _env_set(_side, "SIDECAR_SECRETS", value)
+
+
+# What the rds-iam variant adds: a well-formed entry, and the CA bundle the app verifies the server with.
+RDS_IAM_VIOLATIONS = [
+    ("no-ca-file", _env_del(_app, tc.CA_FILE_VAR), "has no SECRETS_SIDECAR_CA_FILE"),
+    ("ca-file-relative", _env_set(_app, tc.CA_FILE_VAR, "rds-ca/global-bundle.pem"), "absolute path"),
+    ("ca-file-on-the-volume", _env_set(_app, tc.CA_FILE_VAR, "/secrets/global-bundle.pem"), "hides the app image's files"),
+    ("port-not-numeric", _entry("db=rds-iam://<DB_USER>@<DB_HOST>:mysql"), "port must be a number"),
+    ("port-zero", _entry("db=rds-iam://<DB_USER>@<DB_HOST>:0"), "port must be a number"),
+    ("port-too-big", _entry("db=rds-iam://<DB_USER>@<DB_HOST>:65536"), "port must be a number"),
+    ("port-missing", _entry("db=rds-iam://<DB_USER>@<DB_HOST>"), "port must be a number"),
+    ("no-user", _entry("db=rds-iam://<DB_HOST>:<DB_PORT>"), "names no user"),
+    ("no-host", _entry("db=rds-iam://<DB_USER>@:<DB_PORT>"), "names no host"),
+    ("unknown-option", _entry("db=rds-iam://<DB_USER>@<DB_HOST>:<DB_PORT>?format=raw"), "unknown option"),
+]
+
+
+@pytest.mark.parametrize("deployment", [RDS_IAM])
+@pytest.mark.parametrize("mutate, phrase", [v[1:] for v in RDS_IAM_VIOLATIONS], ids=[v[0] for v in RDS_IAM_VIOLATIONS])
+def test_rds_iam_check_catches(task_def, mutate, phrase):
+    assert tc.check_rds_iam(task_def) == []
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = tc.check_rds_iam(bad)
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+def load_task_def(deployment: str) -> dict:
+    return json.loads((ROOT / DEPLOYMENTS[deployment].task_def).read_text())
+
+
+def _diff(a, b, path="$") -> list[str]:
+    """The paths at which two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(a.keys() | b.keys()) for p in _diff(a.get(k, ...), b.get(k, ...), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path]
+
+
+def check_rds_iam_variant(base: dict, variant: dict) -> list[str]:
+    """The rds-iam task definition is the Secrets Manager one with two changes only: SIDECAR_SECRETS
+    holds rds-iam:// entries (and nothing else), and the app gets SECRETS_SIDECAR_CA_FILE."""
+    problems = []
+    secrets = tc.env_of(_side(variant)).get("SIDECAR_SECRETS", "")
+    if not tc.rds_iam_entries(secrets) or len(tc.rds_iam_entries(secrets)) != len(tc.secret_specs(secrets)):
+        problems.append(f"SIDECAR_SECRETS must hold rds-iam:// entries only (its policy grants no Secrets Manager access), is {secrets!r}")
+    if tc.CA_FILE_VAR not in tc.env_of(_app(variant)):
+        problems.append(f"the app must get {tc.CA_FILE_VAR}")
+    undone = copy.deepcopy(variant)
+    _env_set(_side, "SIDECAR_SECRETS", tc.env_of(_side(base))["SIDECAR_SECRETS"])(undone)
+    _env_del(_app, tc.CA_FILE_VAR)(undone)
+    diff = _diff(base, undone)
+    if diff:
+        problems.append(f"differs from the Secrets Manager task definition in more than the entry and the CA file: {diff}")
+    return problems
+
+
+@pytest.mark.parametrize("deployment", [RDS_IAM])
+def test_the_rds_iam_variant_changes_only_the_entry_and_the_ca_file(task_def):
+    assert check_rds_iam_variant(load_task_def("secrets-manager"), task_def) == []
+
+
+RDS_IAM_VARIANT_VIOLATIONS = [
+    (
+        "still-a-secret",
+        _entry("db=arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"),
+        "rds-iam:// entries only",
+    ),
+    (
+        "secret-beside-the-token",
+        _entry("db=rds-iam://<DB_USER>@<DB_HOST>:<DB_PORT>,other=arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:other"),
+        "rds-iam:// entries only",
+    ),
+    ("no-ca-file", _env_del(_app, tc.CA_FILE_VAR), "SECRETS_SIDECAR_CA_FILE"),
+    ("family-changed", _set(lambda td: td, "family", "rails-app-iam"), "$.family"),
+    ("sidecar-env-added", _env_set(_side, "SIDECAR_LOG", "debug"), "$.containerDefinitions[0].environment"),
+    ("app-user-changed", _set(_app, "user", "1000:2000"), "$.containerDefinitions[1].user"),
+]
+
+
+@pytest.mark.parametrize("deployment", [RDS_IAM])
+@pytest.mark.parametrize(
+    "mutate, phrase", [v[1:] for v in RDS_IAM_VARIANT_VIOLATIONS], ids=[v[0] for v in RDS_IAM_VARIANT_VIOLATIONS]
+)
+def test_rds_iam_variant_check_catches(task_def, mutate, phrase):
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = check_rds_iam_variant(load_task_def("secrets-manager"), bad)
     assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
 
 
@@ -403,6 +517,13 @@ def test_sidecar_environment_passes_the_sidecars_own_check_config(task_def, imag
     app_env = tc.env_of(_app(task_def))
     assert app_env["SECRETS_SIDECAR_FILE"] in proc.stdout, describe(proc)
     assert app_env["SECRETS_SIDECAR_URL"].split("/")[2] in proc.stdout, describe(proc)
+    # An rds-iam:// entry is a token to sign, listed as such, never taken for a Secrets Manager secret id.
+    for e in tc.rds_iam_entries(env["SIDECAR_SECRETS"]):
+        assert not re.search(rf"^secret {re.escape(e.name)}: ", proc.stdout, re.M), (
+            f"check-config took the rds-iam:// entry {e.name!r} for a Secrets Manager secret id\n{describe(proc)}"
+        )
+        endpoint, file = re.escape(f"{e.user}@{e.host}:{e.port}"), re.escape(app_env["SECRETS_SIDECAR_FILE"])
+        assert re.search(rf"^rds-iam {re.escape(e.name)}: .*\b{endpoint}\b.* -> {file}$", proc.stdout, re.M), describe(proc)
 
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-0f1e2d3c-AbCdEf"
@@ -413,6 +534,16 @@ BAD_ENVS = [
     ("secrets-empty", "SIDECAR_SECRETS", "", "SIDECAR_SECRETS"),
     ("secrets-bad-name", "SIDECAR_SECRETS", f"../db={ARN}", "../db"),
     ("listen-not-loopback", "SIDECAR_LISTEN", "0.0.0.0:2773", "0.0.0.0"),
+]
+# A malformed rds-iam:// entry exits 2 naming it, like every entry.
+HOST = placeholders.EXAMPLE_VALUES["<DB_HOST>"]
+BAD_ENVS += [
+    ("rds-iam-no-port", "SIDECAR_SECRETS", f"db=rds-iam://app@{HOST}", f"rds-iam://app@{HOST}"),
+    ("rds-iam-port-not-numeric", "SIDECAR_SECRETS", f"db=rds-iam://app@{HOST}:mysql", f"{HOST}:mysql"),
+    ("rds-iam-port-zero", "SIDECAR_SECRETS", f"db=rds-iam://app@{HOST}:0", f"{HOST}:0"),
+    ("rds-iam-no-user", "SIDECAR_SECRETS", f"db=rds-iam://{HOST}:3306", f"rds-iam://{HOST}:3306"),
+    ("rds-iam-no-host", "SIDECAR_SECRETS", "db=rds-iam://app@:3306", "rds-iam://app@:3306"),
+    ("rds-iam-unknown-option", "SIDECAR_SECRETS", f"db=rds-iam://app@{HOST}:3306?format=raw", "format=raw"),
 ]
 
 
@@ -425,10 +556,12 @@ def test_check_config_rejects_a_broken_sidecar_environment(task_def, image_env, 
 
 
 def test_check_config_rejects_the_task_definition_with_its_placeholders_left_in(task_def, image_env, sidecar_bin):
-    # `<` and `>` are in no secret name or ARN: a task registered without filling in
-    # <REGION>/<ACCOUNT_ID>/<RDS_SECRET_SUFFIX> fails fast at start (exit 2), before any AWS call.
+    # `<` and `>` are in no secret name or ARN, host name or port: a task registered without filling in
+    # <REGION>/<ACCOUNT_ID>/<RDS_SECRET_SUFFIX> (or <DB_USER>/<DB_HOST>/<DB_PORT>) fails fast at start
+    # (exit 2), before any AWS call, and the message names the value.
     raw_env = {**image_env, **tc.env_of(_side(task_def))}
-    assert "<REGION>" in raw_env["SIDECAR_SECRETS"]
+    left_in = placeholders.placeholders_in(raw_env["SIDECAR_SECRETS"])
+    assert left_in
     proc = run_check_config(sidecar_bin, raw_env)
     assert proc.returncode == 2, describe(proc)
-    assert "<REGION>" in proc.stderr, describe(proc)
+    assert all(p in proc.stderr for p in left_in), describe(proc)

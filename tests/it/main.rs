@@ -7,6 +7,7 @@
 //! - [`dev_secrets`]: `--dev-secrets`, local development without AWS.
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
 //! - [`http_edge`]: the listener under a storm of slow clients.
+//! - [`rds_iam`]: `rds-iam://` entries: the token file, forced re-signing, health, no credentials.
 
 // `tests/common` stays where the database tests include it with `mod common;`.
 #[path = "../common/mod.rs"]
@@ -17,3 +18,4 @@ mod daemon;
 mod dev_secrets;
 mod forced_refresh;
 mod http_edge;
+mod rds_iam;
