@@ -1000,6 +1000,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_forced_refresh_that_finds_nothing_polls_fast_for_a_minute() {
+        let (d, g) = (describes("v1", None), get_version("v1", r#"{"p":"1"}"#));
+        let h = Harness::start(&[&d, &g]);
+        let t0 = Instant::now();
+        at(t0, 10.0).await;
+        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
+        assert!(r.fetched && !r.changed);
+        at(t0, 70.5).await;
+        assert_eq!(d.num_calls(), 32, "0 s, the forced one at 10 s, then every 2 s: 12 … 70 s");
+        at(t0, 129.5).await;
+        assert_eq!(d.num_calls(), 32, "then the normal interval: next at 130 s");
+        at(t0, 130.5).await;
+        assert_eq!(d.num_calls(), 33);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn invalid_value_keeps_last_good_and_is_not_refetched() {
         let d = mock!(Client::describe_secret)
             .sequence()
