@@ -3,7 +3,7 @@
 //! `cargo bench --bench publish` — prints medians and the ratio. Shared machines are noisy, so the
 //! numbers to read are the medians over many rounds and the ratio between the two ways, not any single
 //! time. A plain `write` is what a naive sidecar would do; it is also the writer that the tight-reader
-//! test in tests/daemon.rs shows to be unsafe.
+//! test in tests/it/daemon.rs shows to be unsafe.
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Every error —
 //! ours, the router's 404 and 405, a malformed path or query, a timeout — leaves through [`ApiError`] as
 //! `{"error": "…"}` built by serde, with fixed texts: no internal detail and no secret material can reach a
-//! body. One layer sets `Cache-Control: no-store` on every answer. The handlers read the store; the only way
+//! body. One last layer sets `Cache-Control: no-store` on every answer. The handlers read the store; the only way
 //! they reach AWS is the poller's refresh.
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tower_http::set_header::SetResponseHeaderLayer;
+use tower::util::MapResponseLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Format;
@@ -61,8 +61,8 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(refuse_forwarded))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(middleware::map_response(every_error_is_an_api_error))
-        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        // A plain function, not an async middleware: it runs on every answer.
+        .layer(MapResponseLayer::new(last_word))
         .with_state(state)
 }
 
@@ -112,18 +112,22 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// The net under the handlers: an error answer that did not come from [`ApiError`] (the 504 of the
-/// timeout layer) is replaced by one that did, so every error body has the same shape.
-async fn every_error_is_an_api_error(res: Response) -> Response {
+/// The last word on every answer: `Cache-Control: no-store`, and the net under the handlers — an error
+/// answer that did not come from [`ApiError`] (the 504 of the timeout layer) is replaced by one that did,
+/// so every error body has the same shape.
+fn last_word(res: Response) -> Response {
     let status = res.status();
     let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
-    if (status.is_client_error() || status.is_server_error()) && !is_json {
+    let mut res = if (status.is_client_error() || status.is_server_error()) && !is_json {
         let mut replaced = ApiError::Status(status).into_response();
         if let Some(allow) = res.headers().get(header::ALLOW) {
             replaced.headers_mut().insert(header::ALLOW, allow.clone());
         }
-        return replaced;
-    }
+        replaced
+    } else {
+        res
+    };
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 

@@ -14,8 +14,10 @@
 //! A forced check ([`Poller::refresh_now`], behind `POST /v1/secrets/NAME/refresh`) is a message to the
 //! secret's task with a reply channel. The task runs the check, so a client that hangs up (or an HTTP
 //! timeout) only stops the waiting: the check finishes, and its file and store updates happen together.
-//! Callers that arrive while a check is running join it and share its answer; callers inside
-//! `--min-refresh-gap` get the current metadata at once. Checks of one secret never overlap.
+//! Callers that arrive while a forced check is running join it and share its answer; callers that arrive
+//! during a regular check are served by a check of their own right after it (that check began before they
+//! asked); callers inside `--min-refresh-gap` get the current metadata at once. Checks of one secret never
+//! overlap.
 //!
 //! Publishing a new `AWSCURRENT` writes the file, then the store, inside one blocking task: once the rename
 //! has started, nothing can stop the store update, so HTTP never serves a version the file does not have
@@ -264,34 +266,39 @@ struct SecretTask {
 impl SecretTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
         let (shared, name) = (self.shared.clone(), self.spec.name.clone());
+        // Callers who arrived during a regular check: it began before they asked, so its answer may predate
+        // what made them ask. They are served next, as if they had just arrived.
+        let mut queued: Vec<oneshot::Sender<RefreshAnswer>> = Vec::new();
         loop {
             let mut waiters = Vec::new();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(self.schedule.deadline()) => {}
-                msg = rx.recv() => match msg {
-                    None => return,
-                    Some(Command::Wake) => self.schedule.wake(Instant::now()),
-                    Some(Command::Refresh(reply)) => match self.schedule.force(Instant::now()) {
-                        Forced::Allowed => {
-                            shared.metrics.forced(&name, true);
+            if !queued.is_empty() {
+                waiters = std::mem::take(&mut queued);
+                if !self.admit(&mut waiters) {
+                    continue;
+                }
+            } else {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(self.schedule.deadline()) => {}
+                    msg = rx.recv() => match msg {
+                        None => return,
+                        Some(Command::Wake) => self.schedule.wake(Instant::now()),
+                        Some(Command::Refresh(reply)) => {
                             waiters.push(reply);
-                        }
-                        Forced::Refused { .. } => {
-                            shared.metrics.forced(&name, false);
-                            let _ = reply.send(Ok(self.report(false, false)));
-                            continue;
+                            if !self.admit(&mut waiters) {
+                                continue;
+                            }
                         }
                     },
-                },
-            }
-            if waiters.is_empty() && self.schedule.deadline() > Instant::now() {
-                continue;
+                }
+                if waiters.is_empty() && self.schedule.deadline() > Instant::now() {
+                    continue;
+                }
             }
 
-            // The check runs here, in the task, so nobody outside can cancel it half-way; callers who
-            // arrive meanwhile join it.
-            let (started, forced) = (Instant::now(), !waiters.is_empty());
+            // The check runs here, in the task, so nobody outside can cancel it half-way. Callers who
+            // arrive during a forced check share it: they are the same burst of failing logins.
+            let forced = !waiters.is_empty();
             let mut wake_again = false;
             let result = {
                 let mut check = std::pin::pin!(self.check());
@@ -302,18 +309,16 @@ impl SecretTask {
                         () = cancel.cancelled() => return,
                         Some(msg) = rx.recv() => match msg {
                             Command::Wake => wake_again = true,
-                            Command::Refresh(reply) => {
+                            Command::Refresh(reply) if forced => {
                                 shared.metrics.forced(&name, true);
                                 waiters.push(reply);
                             }
+                            Command::Refresh(reply) => queued.push(reply),
                         },
                     }
                 }
             };
-            if !forced && !waiters.is_empty() {
-                self.schedule.joined(started);
-            }
-            let answer = self.record(Instant::now(), !waiters.is_empty(), result);
+            let answer = self.record(Instant::now(), forced, result);
             for waiter in waiters {
                 // A caller that gave up has dropped its receiver; the check counted all the same.
                 let _ = waiter.send(answer.clone());
@@ -322,6 +327,22 @@ impl SecretTask {
                 self.schedule.wake(Instant::now());
             }
         }
+    }
+
+    /// Asks the schedule whether `waiters`, forced refreshes arriving now, may check. If not (inside
+    /// `--min-refresh-gap`), answers them at once with what is known, and returns false.
+    fn admit(&mut self, waiters: &mut Vec<oneshot::Sender<RefreshAnswer>>) -> bool {
+        let allowed = self.schedule.force(Instant::now()) == Forced::Allowed;
+        for _ in 0..waiters.len() {
+            self.shared.metrics.forced(&self.spec.name, allowed);
+        }
+        if !allowed {
+            let report = self.report(false, false);
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(Ok(report.clone()));
+            }
+        }
+        allowed
     }
 
     /// Bookkeeping after every check, forced or not: metrics, logs, the schedule, and the store's view.
@@ -551,7 +572,11 @@ mod tests {
     use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
     use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
     use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
-    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::client::http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+    };
+    use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+    use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
 
@@ -591,10 +616,50 @@ mod tests {
         }
     }
 
+    /// The mocks' HTTP client, answering each call `delay` later: a check that takes time.
+    #[derive(Debug)]
+    struct Slow {
+        inner: SharedHttpClient,
+        delay: Duration,
+    }
+
+    impl HttpClient for Slow {
+        fn http_connector(&self, settings: &HttpConnectorSettings, rc: &RuntimeComponents) -> SharedHttpConnector {
+            SharedHttpConnector::new(SlowConnector {
+                inner: self.inner.http_connector(settings, rc),
+                delay: self.delay,
+            })
+        }
+    }
+
+    #[derive(Debug)]
+    struct SlowConnector {
+        inner: SharedHttpConnector,
+        delay: Duration,
+    }
+
+    impl HttpConnector for SlowConnector {
+        fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+            let (inner, delay) = (self.inner.clone(), self.delay);
+            HttpConnectorFuture::new(async move {
+                tokio::time::sleep(delay).await;
+                inner.call(request).await
+            })
+        }
+    }
+
     impl Harness {
         fn start(rules: &[&Rule]) -> Harness {
+            Self::start_with_delay(rules, Duration::ZERO)
+        }
+
+        /// Every Secrets Manager call takes `delay` (of paused time).
+        fn start_with_delay(rules: &[&Rule], delay: Duration) -> Harness {
             let dir = tempfile::tempdir().unwrap();
-            let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules);
+            let slow = move |c: aws_sdk_secretsmanager::config::Builder| {
+                c.http_client(Slow { inner: aws_smithy_mocks::create_mock_http_client(), delay })
+            };
+            let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules, slow);
             let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
             let store = Arc::new(Store::new(std::slice::from_ref(&spec)));
             let publisher = Publisher::new(dir.path().to_path_buf(), FileOptions { mode: 0o440, uid: None, gid: None });
@@ -732,6 +797,47 @@ mod tests {
         assert_eq!(h.state().current.unwrap().id, "v2");
         assert_eq!(h.file().unwrap(), br#"{"p":"2"}"#);
         assert_eq!(g2.num_calls(), 1);
+    }
+
+    /// A caller who arrives while a regular check is running does not take its answer: that check asked
+    /// Secrets Manager before the caller's login failed. It gets a check of its own right after.
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_refresh_during_a_regular_check_gets_a_check_of_its_own() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", None))
+            .times(2)
+            .output(|| describe("v2", None))
+            .repeatedly()
+            .build();
+        let (g1, g2) = (get_version("v1", r#"{"p":"1"}"#), get_version("v2", r#"{"p":"2"}"#));
+        let h = Harness::start_with_delay(&[&d, &g1, &g2], S);
+        let t0 = Instant::now();
+        // Published at 2 s (two 1 s calls); the regular check starts at 62 s and answers v1 at 63 s.
+        at(t0, 62.5).await;
+        assert_eq!(d.num_calls(), 2, "the regular check is under way");
+        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
+        assert_eq!((r.version_id.as_deref(), r.changed, r.fetched), (Some("v2"), true, true), "{r:?}");
+        assert_eq!(d.num_calls(), 3);
+    }
+
+    /// Callers who arrive while a forced check is running share it: one API call for a burst.
+    #[tokio::test(start_paused = true)]
+    async fn forced_refreshes_during_a_forced_check_share_it() {
+        let (d, g) = (describes("v1", None), get_version("v1", r#"{"password":"a"}"#));
+        let h = Harness::start_with_delay(&[&d, &g], S);
+        let t0 = Instant::now();
+        at(t0, 10.0).await;
+        let first = tokio::spawn({
+            let p = h.poller.clone();
+            async move { p.refresh_now("db").await }
+        });
+        at(t0, 10.5).await;
+        let second = h.poller.refresh_now("db").await.unwrap().unwrap();
+        let first = first.await.unwrap().unwrap().unwrap();
+        assert_eq!(first, second, "one answer for both");
+        assert!(second.fetched);
+        assert_eq!(d.num_calls(), 2, "the first check and one forced one");
     }
 
     #[tokio::test(start_paused = true)]
@@ -906,6 +1012,22 @@ mod tests {
         assert_eq!(d.num_calls(), 3, "then nothing until an interval after it");
         at(t0, 75.1).await;
         assert_eq!(d.num_calls(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_refresh_that_finds_nothing_polls_fast_for_a_minute() {
+        let (d, g) = (describes("v1", None), get_version("v1", r#"{"p":"1"}"#));
+        let h = Harness::start(&[&d, &g]);
+        let t0 = Instant::now();
+        at(t0, 10.0).await;
+        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
+        assert!(r.fetched && !r.changed);
+        at(t0, 70.5).await;
+        assert_eq!(d.num_calls(), 32, "0 s, the forced one at 10 s, then every 2 s: 12 … 70 s");
+        at(t0, 129.5).await;
+        assert_eq!(d.num_calls(), 32, "then the normal interval: next at 130 s");
+        at(t0, 130.5).await;
+        assert_eq!(d.num_calls(), 33);
     }
 
     #[tokio::test(start_paused = true)]

@@ -144,12 +144,6 @@ impl Schedule {
         Forced::Allowed
     }
 
-    /// Clients joined a regular check that started at `started`: it answered them as a forced check would
-    /// have, so the gap counts from it.
-    pub fn joined(&mut self, started: Instant) {
-        self.last_forced = Some(self.last_forced.map_or(started, |t| t.max(started)));
-    }
-
     /// Something outside asks for a check now (a dev-file edit): due at once, no gap applies.
     pub fn wake(&mut self, now: Instant) {
         self.next = self.next.min(now);
@@ -323,16 +317,6 @@ mod tests {
         s.checked(t0, ROTATING);
         assert_eq!(s.force(t0 + S), Forced::Refused { at: t0 + 5 * S });
         assert_eq!(s.deadline(), t0 + 2 * S);
-    }
-
-    #[test]
-    fn callers_who_joined_a_regular_check_start_the_gap_from_it() {
-        let t0 = Instant::now();
-        let mut s = schedule(t0, 0.5);
-        s.joined(t0 + 60 * S);
-        s.checked(t0 + 61 * S, Checked { forced: true, ..PLAIN });
-        assert_eq!(s.force(t0 + 62 * S), Forced::Refused { at: t0 + 65 * S });
-        assert_eq!(s.force(t0 + 65 * S), Forced::Allowed);
     }
 
     #[test]

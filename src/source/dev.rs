@@ -2,7 +2,7 @@
 //! a team's local Rails setup need no AWS account and no emulator.
 //!
 //! The file is read on every check, and [`watch`] turns each edit into an immediate refresh, so an edit
-//! travels the same path as a rotation (poller → store → file and HTTP). A value that is a JSON string is
+//! travels the same path as a rotation (poller → file, then store → HTTP). A value that is a JSON string is
 //! the SecretString as is; any other JSON value is serialised compactly. The version id is a hash of the
 //! value, so an edit that changes nothing publishes nothing.
 
