@@ -24,7 +24,7 @@ DEFAULT_OUTPUT_DIR = "/secrets"
 # `secrets-sidecar healthcheck` gives up on /healthz after 2 s (issue 2); ECS's timeout must be
 # longer, or ECS kills the probe before it can answer with its own exit code.
 HEALTHCHECK_OWN_TIMEOUT_S = 2
-# ECS healthCheck limits (task_definition_parameters.md, DOMAIN.md section 3).
+# ECS healthCheck limits, from the ECS Developer Guide's "Task definition parameters" (healthCheck).
 HEALTHCHECK_LIMITS = {"interval": (5, 300), "timeout": (2, 60), "retries": (1, 10), "startPeriod": (0, 300)}
 # `NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]` (issue 9): the sidecar signs an RDS IAM auth token
 # for USER at HOST:PORT and publishes it as NAME.json. The app sends a token only over TLS to a server it

@@ -8,8 +8,11 @@
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
 //! - [`http_edge`]: the listener under a storm of slow clients.
 //! - [`rds_iam`]: `rds-iam://` entries: the token file, forced re-signing, health, no credentials.
+//! - [`iam_token`]: the crate's RDS IAM tokens against botocore's, the reference signer.
+//!
+//! The tests with real databases and Ruby are the other binary, `tests/db`.
 
-// `tests/common` stays where the database tests include it with `mod common;`.
+// The harness both test binaries share (this one and `tests/db`).
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -18,4 +21,5 @@ mod daemon;
 mod dev_secrets;
 mod forced_refresh;
 mod http_edge;
+mod iam_token;
 mod rds_iam;

@@ -1,4 +1,4 @@
-//! `rds-iam://` entries through the real binary, without a database (`tests/iam_rails.rs` logs in with
+//! `rds-iam://` entries through the real binary, without a database (`tests/db/iam_rails.rs` logs in with
 //! them): the file's exact shape, the token it carries, forced refreshes, health and what happens
 //! without credentials.
 

@@ -4,7 +4,7 @@ require "test_helper"
 require "adapters_helper"
 
 # Unit tests of the ActiveRecord hook: configuration, what reaches the driver, error classification and
-# the retry policy. The driver calls are replaced by blocks here; tests/rails_rotation.rs runs the same hook
+# the retry policy. The driver calls are replaced by blocks here; tests/db/rails_rotation.rs runs the same hook
 # against real MariaDB/PostgreSQL servers and the real sidecar.
 class ActiveRecordHookTest < Minitest::Test
   include SecretsSidecarTestHelpers

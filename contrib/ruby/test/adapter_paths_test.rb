@@ -65,7 +65,7 @@ class AdapterPathsTest < Minitest::Test
   end
 
   def test_postgresql_7_1_reconnect_opens_a_new_login_with_the_file_instead_of_resetting_the_old_one
-    skip "7.1+ only (6.1 is covered end to end: tests/rails_rotation.rs counts every reset)" unless AR71
+    skip "7.1+ only (6.1 is covered end to end: tests/db/rails_rotation.rs counts every reset)" unless AR71
     raw = RecordingRawConnection.new
     adapter = PGA.new(settings_config("postgresql"))
     adapter.instance_variable_set(:@raw_connection, raw)

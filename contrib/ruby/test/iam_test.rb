@@ -4,7 +4,7 @@ require "test_helper"
 require "adapters_helper"
 
 # RDS IAM entries: the file holds a presigned token instead of a password, and the hook must send it only
-# over TLS to a verified server, with each driver's own options. tests/iam_rails.rs logs in with it for
+# over TLS to a verified server, with each driver's own options. tests/db/iam_rails.rs logs in with it for
 # real, against servers that validate the token through PAM.
 class IamTest < Minitest::Test
   include SecretsSidecarTestHelpers

@@ -34,7 +34,7 @@ module SecretsSidecarTestHelpers
 end
 
 # A minimal HTTP/1.1 responder on 127.0.0.1:<free> standing in for the sidecar's endpoint in unit tests of
-# the Ruby client (the end-to-end test in tests/rails_rotation.rs uses the real sidecar). The handler gets
+# the Ruby client (the end-to-end test in tests/db/rails_rotation.rs uses the real sidecar). The handler gets
 # (method, path, headers) and returns [status, body].
 class StubEndpoint
   require "socket"

@@ -1,4 +1,4 @@
-//! The IAM database servers of `tests/iam_db/harness.rs` really validate RDS IAM auth tokens, like RDS:
+//! The IAM database servers of `tests/db/iam_server.rs` really validate RDS IAM auth tokens, like RDS:
 //! a token botocore signs with the accepted key for the server's host:port and the logging-in user gets
 //! in over verified TLS; a token signed with another secret key, an expired one, one for another user,
 //! one for another host, a plain password, and the valid token without TLS are each refused **by the
@@ -6,13 +6,10 @@
 //! by a broken setup cannot pass for the right one). The CLI clients are the machine's `mariadb` and
 //! `psql`, the token in MYSQL_PWD / PGPASSWORD.
 
-#[path = "iam_db/harness.rs"]
-mod harness;
-
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use harness::{
+use crate::iam_server::{
     IAM_USER, IamCredentials, IamMariaDb, IamPostgres, IamServer, Login, Tls, TokenRequest, botocore_tokens,
 };
 
@@ -63,7 +60,7 @@ fn cases(server: &impl IamServer) -> Vec<Case> {
 /// Runs every case over verified TLS, then the valid token without TLS (checked by `no_tls`, as the two
 /// servers refuse it at different points), then the valid token again. Returns the refusals the
 /// verifier logged.
-fn exercise<S: IamServer>(server: &S, denied: &str, no_tls: impl Fn(&S, &Login, &[harness::VerifierEntry])) {
+fn exercise<S: IamServer>(server: &S, denied: &str, no_tls: impl Fn(&S, &Login, &[crate::iam_server::VerifierEntry])) {
     let cases = cases(server);
     let mut refusals = 0;
     for case in &cases {

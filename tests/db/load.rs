@@ -1,7 +1,7 @@
-//! Shared by the Rails end-to-end tests (`tests/rails_rotation.rs`, `tests/rails_hook_file_only.rs`):
-//! the two Ruby stacks, starting `tests/e2e/load.rb` (the ActiveRecord load process) on one and reading
+//! Shared by the Rails end-to-end tests (`tests/db/rails_rotation.rs`, `tests/db/rails_file_only.rs`):
+//! the two Ruby stacks, starting `tests/db/load.rb` (the ActiveRecord load process) on one and reading
 //! its summary, and the checks for the Ruby/ActiveRecord Debian packages. Included with
-//! `#[path = "e2e/load_harness.rs"] mod load;`.
+//! `crate::load`.
 //!
 //! The stacks, both from Debian packages:
 //! * Debian 12 — this machine's Ruby 3.1 and ActiveRecord 6.1 (`apt-get install ruby-activerecord …`).
@@ -10,7 +10,6 @@
 //!   and the sidecar stay outside and are reached over 127.0.0.1. Whatever the Ruby process reads (the
 //!   hook's `lib`, `load.rb`, the sidecar's output directory) lives in a scratch directory under the
 //!   root's `/tmp`, and its paths are handed to Ruby as seen from inside.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -116,7 +115,7 @@ pub fn require_ruby(adapter: &str, stack: &Stack) {
     }
 }
 
-/// A running `tests/e2e/load.rb`.
+/// A running `tests/db/load.rb`.
 pub struct Load {
     child: Child,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
@@ -125,7 +124,7 @@ pub struct Load {
     _dir: tempfile::TempDir,
 }
 
-/// Copies `tests/e2e/load.rb` and `contrib/ruby/lib` into `dir` (for a stack that cannot see the repo).
+/// Copies `tests/db/load.rb` and `contrib/ruby/lib` into `dir` (for a stack that cannot see the repo).
 fn stage_ruby_files(dir: &Path) {
     fn copy_tree(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
@@ -139,7 +138,7 @@ fn stage_ruby_files(dir: &Path) {
         }
     }
     copy_tree(&repo().join("contrib/ruby/lib"), &dir.join("lib"));
-    std::fs::copy(repo().join("tests/e2e/load.rb"), dir.join("load.rb")).unwrap();
+    std::fs::copy(repo().join("tests/db/load.rb"), dir.join("load.rb")).unwrap();
 }
 
 pub struct LoadResult {
@@ -157,7 +156,7 @@ impl Load {
         let script = match stack {
             Stack::Debian12 => {
                 config["lib"] = json!(repo().join("contrib/ruby/lib"));
-                repo().join("tests/e2e/load.rb")
+                repo().join("tests/db/load.rb")
             }
             Stack::Debian13 { .. } => {
                 stage_ruby_files(dir.path());
@@ -173,7 +172,7 @@ impl Load {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn ruby tests/e2e/load.rb");
+            .expect("spawn ruby tests/db/load.rb");
         let stderr = Arc::new(StdMutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();

@@ -2,14 +2,9 @@
 //! sidecar's endpoint (`secrets_sidecar:` with `file` only): when the password changes in the database and
 //! the credentials file follows a moment later, a busy Debian ActiveRecord 6.1 app (mysql2, pg) sees zero
 //! failed queries and zero failed connections — the hook re-reads the file with backoff after a failed
-//! login. Real MariaDB/PostgreSQL (`tests/common/db.rs`), real Ruby (`tests/e2e/load.rb`), a file
+//! login. Real MariaDB/PostgreSQL (`tests/common/db.rs`), real Ruby (`tests/db/load.rb`), a file
 //! replaced by rename as the sidecar does. The full path with the sidecar and moto is
-//! `tests/rails_rotation.rs`.
-
-#[path = "common/db.rs"]
-mod db;
-#[path = "e2e/load_harness.rs"]
-mod load;
+//! `tests/db/rails_rotation.rs`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,8 +12,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-/// One busy Ruby process at a time on a small machine.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::SERIAL;
+use crate::common::db;
+use crate::load;
 
 /// Writes like the sidecar: temp file in the same directory, then rename over the target.
 fn publish(path: &Path, password: &str) {

@@ -1,6 +1,6 @@
-//! A Rails-style app (`tests/e2e/load.rb`, ActiveRecord + mysql2 / pg with the hook) logs in with RDS IAM
+//! A Rails-style app (`tests/db/load.rb`, ActiveRecord + mysql2 / pg with the hook) logs in with RDS IAM
 //! auth tokens, on both Ruby stacks, against MariaDB and PostgreSQL servers that accept a token only
-//! over TLS and validate its SigV4 signature, expiry, user and host through PAM (`tests/iam_db/`).
+//! over TLS and validate its SigV4 signature, expiry, user and host through PAM (`tests/db/iam_server.rs`).
 //!
 //! The real sidecar binary mints the tokens: `--secret db=rds-iam://iam_app@127.0.0.1:PORT?dbname=app`,
 //! with the credentials the servers' verifier knows given the way the SDK's chain reads them (environment
@@ -15,19 +15,13 @@
 //! no attempt); an expired token (written by the test with the crate's signer at a past instant) is
 //! refused for being expired.
 
-mod common;
-
-#[path = "iam_db/harness.rs"]
-mod harness;
-#[path = "e2e/load_harness.rs"]
-mod load;
-
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::common;
+use crate::iam_server::{self as harness, IAM_DATABASE, IAM_USER, IamMariaDb, IamPostgres, IamServer, REGION};
+use crate::load::{self, Load, Stack, tail};
 use aws_credential_types::Credentials;
-use harness::{IAM_DATABASE, IAM_USER, IamMariaDb, IamPostgres, IamServer, REGION};
-use load::{Load, Stack, tail};
 use secrets_sidecar::source::rds_iam::{Target, presign};
 use serde_json::{Value, json};
 
@@ -35,7 +29,7 @@ use serde_json::{Value, json};
 const RENEW_EVERY: &str = "2s";
 const RUN_FOR: Duration = Duration::from_secs(15);
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::SERIAL;
 
 fn credentials(server: &dyn IamServer) -> Credentials {
     let c = server.credentials();

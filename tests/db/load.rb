@@ -1,13 +1,13 @@
 # frozen_string_literal: true
 
-# Load generator for tests/rails_rotation.rs: a Rails-like ActiveRecord process (Debian 12's activerecord
+# Load generator for tests/db/rails_rotation.rs: a Rails-like ActiveRecord process (Debian 12's activerecord
 # 6.1, or Debian 13's 7.2 inside its chroot, with mysql2 or pg) that keeps opening new connections while
 # the test rotates the database password.
 #
 #   LOAD_CONFIG='{"adapter":"mysql2","host":"127.0.0.1","port":3306,"database":"app",
 #                 "mode":"hook","secrets_sidecar":{"file":"/secrets/db.json","url":"...","token_file":"..."},
 #                 "threads":8,"pool":5,"disconnect_every":0.25,"reconnect_every":25,"stop_file":"/tmp/stop"}' \
-#   ruby tests/e2e/load.rb
+#   ruby tests/db/load.rb
 #
 # mode "hook": requires secrets_sidecar/active_record and configures the `secrets_sidecar:` block, as a
 # Rails app would in database.yml. mode "read_once": the negative control — the credentials file is read

@@ -58,7 +58,6 @@
 //! - RDS accepts the token for the endpoint the client dialled (instance, cluster, custom, proxy); here
 //!   the only valid host is `127.0.0.1` at the server's port.
 //! - Each login starts a Python process that imports botocore (0.3–1 s), so logins are slower than on RDS.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::Write;
@@ -137,7 +136,7 @@ pub struct TokenRequest {
     pub at: SystemTime,
 }
 
-/// Tokens botocore signs (`tests/iam/botocore_token.py`, the reference signer of `tests/iam_token.rs`),
+/// Tokens botocore signs (`tests/iam/botocore_token.py`, the reference signer of `tests/it/iam_token.rs`),
 /// one per request, in one Python process. Secrets go through stdin, never argv.
 pub fn botocore_tokens(requests: &[TokenRequest]) -> Vec<String> {
     let cases: Vec<Value> = requests
@@ -249,10 +248,6 @@ pub trait IamServer {
             at: SystemTime::now(),
         }
     }
-    /// A token botocore signs now for this server, user [`IAM_USER`], with the accepted credentials.
-    fn valid_token(&self) -> String {
-        botocore_tokens(&[self.token_request()]).remove(0)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -290,7 +285,7 @@ impl IamSetup {
             assert!(!p.to_string_lossy().contains(char::is_whitespace), "path with whitespace: {}", p.display());
         }
         let pam = PamService::create(&format!(
-            "# secrets-sidecar test server (tests/iam_db/harness.rs); removed when the server stops.\n\
+            "# secrets-sidecar test server (tests/db/iam_server.rs); removed when the server stops.\n\
              auth required pam_exec.so expose_authtok quiet {} -I -S {} --site-packages {} {} {}\n\
              account required pam_permit.so\n",
             python.display(),
@@ -781,7 +776,6 @@ pub struct IamPostgres {
     server: ServerProcess,
     iam: IamSetup,
     port: u16,
-    bin: PathBuf,
     log: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -839,7 +833,7 @@ impl IamPostgres {
         fs::write(
             &hba,
             format!(
-                "# tests/iam_db/harness.rs\n\
+                "# tests/db/iam_server.rs\n\
                  local     all  postgres              trust\n\
                  hostnossl all  {IAM_USER}  {HOST}/32  reject\n\
                  hostssl   all  {IAM_USER}  {HOST}/32  pam pamservice={}\n",
@@ -872,7 +866,7 @@ impl IamPostgres {
             .stderr(logf);
         as_user(&mut cmd, run_as);
         let server = ServerProcess { child: cmd.spawn().expect("spawn postgres"), signal: "INT" };
-        let pg = IamPostgres { server, iam, port, bin, log, dir };
+        let pg = IamPostgres { server, iam, port, log, dir };
         if let Err(e) = pg.wait_ready() {
             panic!("postgres did not start: {e}");
         }
@@ -935,9 +929,6 @@ impl IamPostgres {
     }
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-    pub fn bin_dir(&self) -> &Path {
-        &self.bin
     }
     pub fn pid(&self) -> u32 {
         self.server.child.id()

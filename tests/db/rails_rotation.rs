@@ -2,16 +2,16 @@
 //! `contrib/ruby/lib/secrets_sidecar/active_record.rb`) keeps working through password rotations with
 //! **zero failed queries, zero failed connection attempts and zero stale logins** — on both Ruby stacks
 //! the project proves (Debian 12: Ruby 3.1 + ActiveRecord 6.1; Debian 13 in a chroot: Ruby 3.3 +
-//! ActiveRecord 7.2, see `tests/e2e/load_harness.rs`), on real parts only:
+//! ActiveRecord 7.2, see `tests/db/load.rs`), on real parts only:
 //!
 //! * a private MariaDB / PostgreSQL server (`tests/common/db.rs`), real password auth;
 //! * moto's Secrets Manager holding `rds!cluster-e2e` = `{"username":"app","password":…}`;
 //! * the real `secrets-sidecar` binary with `--refresh-interval 30s` — deliberately long, so rotation
 //!   awareness (`--rotation-poll-interval`, default 2 s) and `POST …/refresh` do the work, not polling;
-//! * `tests/e2e/load.rb`: 8 threads on a pool of 5 running `SELECT 1`, forcing new connections all the
+//! * `tests/db/load.rb`: 8 threads on a pool of 5 running `SELECT 1`, forcing new connections all the
 //!   time (`connection_pool.disconnect!` 4×/s, `reconnect!` every 25 queries per thread).
 //!
-//! Rotations are staged the way AWS does them (and the way moto needs, DOMAIN.md §7):
+//! Rotations are staged the way AWS does them (and the way moto needs, `docs/secrets-manager.md`):
 //! * single-user Lambda: PutSecretValue AWSPENDING (createSecret) → ALTER USER (setSecret) → pause
 //!   (testSecret) → UpdateSecretVersionStage AWSCURRENT (finishSecret). Between setSecret and
 //!   finishSecret only the pending password works; the hook gets it from `?stage=AWSPENDING`.
@@ -34,16 +34,16 @@
 //! The tests share two CPUs' worth of machine with a busy Ruby process each, so they run one at a time
 //! (`SERIAL`). Missing Debian packages fail the test with their names; nothing is skipped.
 
-mod common;
-#[path = "e2e/load_harness.rs"]
-mod load;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::db::{self, MariaDb, Postgres};
-use load::{Load, LoadResult, Stack, epoch_now, tail};
+use crate::SERIAL;
+use crate::common::{
+    self,
+    db::{self, MariaDb, Postgres},
+};
+use crate::load::{self, Load, LoadResult, Stack, epoch_now, tail};
 use serde_json::{Value, json};
 
 const SECRET_ID: &str = "rds!cluster-e2e";
@@ -64,8 +64,6 @@ const MAX_LOGINS: u64 = 3;
 const DOCUMENTED_FAILURE_SECONDS: f64 = 2.6;
 /// What the test allows on a shared 2-core machine: the documented budget plus process and login time.
 const MAX_FAILURE_SECONDS: f64 = DOCUMENTED_FAILURE_SECONDS + 0.6;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn secret_value(password: &str) -> String {
     json!({"username": db::APP_USER, "password": password}).to_string()

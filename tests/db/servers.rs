@@ -1,8 +1,7 @@
 //! The private database servers of `tests/common/db.rs` behave like the real thing the rotation tests
 //! rely on: real password authentication, and a password change that takes effect for new logins only.
 
-#[path = "common/db.rs"]
-mod db;
+use crate::common::db;
 
 #[test]
 fn mariadb_password_change_rejects_old_password_for_new_logins() {

@@ -1,0 +1,28 @@
+//! The sidecar and the Ruby hook against real databases: private MariaDB and PostgreSQL servers
+//! (`tests/common/db.rs`, and the TLS + PAM ones that validate RDS IAM tokens in [`iam_server`]), real
+//! Ruby on both stacks ([`load`]), the real binary and moto.
+//!
+//! One binary, apart from `tests/it`, because these tests each keep both cores busy for tens of seconds
+//! (a Ruby process with 8 threads, a database, the sidecar): sharing `SERIAL`, they run one at a time, and
+//! as a binary of their own they never overlap the timing-sensitive `it` tests either (cargo runs test
+//! binaries one after another).
+//!
+//! - [`servers`]: the private servers authenticate for real, and count refused logins.
+//! - [`rails_rotation`]: a Rails app survives rotations on both stacks; the failure budget; controls.
+//! - [`rails_file_only`]: the hook with the credentials file alone, no endpoint.
+//! - [`iam_servers`]: the IAM servers accept a token only over TLS and refuse every forgery.
+//! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod iam_server;
+mod load;
+
+mod iam_rails;
+mod iam_servers;
+mod rails_file_only;
+mod rails_rotation;
+mod servers;
+
+/// One busy end-to-end test at a time on a two-core machine.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
