@@ -10,6 +10,11 @@
 //! A token is valid for [`TOKEN_LIFETIME`] (15 minutes, the longest RDS accepts) **and** no longer than
 //! the session credentials that signed it: [`Token::expires_at`] is the earlier of the two.
 //!
+//! Why `aws-sigv4` directly rather than `aws-sdk-rds`'s `AuthTokenGenerator` (which wraps the same
+//! presigner): measured on this project's release build, linking the generator adds 9.8 KB to the 6.8 MiB
+//! static binary (+0.14%) but compiling `aws-sdk-rds` — the whole RDS client, hundreds of operations —
+//! adds about 75 s to every cold build (a warm release build went from 38 s to 113 s) for sixty lines.
+//!
 //! The host is the name the client dials: a cluster, instance, custom or RDS Proxy endpoint each sign
 //! differently, because the database checks the `Host` the token names.
 
