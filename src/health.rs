@@ -157,11 +157,8 @@ mod tests {
 
     fn publish(store: &Store, name: &str, now: Instant) {
         store.update(name, |s| {
-            s.current = Some(Arc::new(Version {
-                id: "v1".into(),
-                value: SecretValue::from("{}".to_owned()),
-                since: SystemTime::now(),
-            }));
+            s.current =
+                Some(Arc::new(Version::new("v1".into(), SecretValue::from("{}".to_owned()), SystemTime::now())));
             s.last_success = Some((now, SystemTime::now()));
         });
     }

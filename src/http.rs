@@ -19,10 +19,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tower::util::MapResponseLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Format;
 use crate::poller::Poller;
@@ -30,16 +30,21 @@ use crate::secret::SecretString;
 use crate::store::{Store, Version};
 
 pub const TOKEN_HEADER: &str = "x-secrets-sidecar-token";
-/// How long a request may take before it is answered 504. A forced refresh that takes longer is not
-/// cancelled: it finishes in the secret's task, and the next read sees its result.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `POST …/refresh` waits for its check before answering 504 — the one request that can block
+/// (a check is up to three Secrets Manager calls of at most 10 s each, and may first wait for a running
+/// one). A check that takes longer is not cancelled: it finishes in the secret's task, and the next read
+/// sees its result. Reads are memory lookups and get no timer: arming one per request cost a wake-up of
+/// the runtime's I/O driver per request (issue 11).
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What every handler reads. Cloned per request by the router, so everything in it is behind an `Arc`
+/// (the token included: cloning a `String` per request showed up in the profile, issue 11).
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
     pub poller: Poller,
     /// `None` with `--no-token`.
-    pub token: Option<SecretString>,
+    pub token: Option<Arc<SecretString>>,
     pub max_staleness: Option<Duration>,
 }
 
@@ -60,7 +65,6 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(refuse_forwarded))
-        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, REQUEST_TIMEOUT))
         // A plain function, not an async middleware: it runs on every answer.
         .layer(MapResponseLayer::new(last_word))
         .with_state(state)
@@ -113,7 +117,7 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// The last word on every answer: `Cache-Control: no-store`, and the net under the handlers — an error
-/// answer that did not come from [`ApiError`] (the 504 of the timeout layer) is replaced by one that did,
+/// answer that did not come from [`ApiError`] (a framework rejection, say) is replaced by one that did,
 /// so every error body has the same shape.
 fn last_word(res: Response) -> Response {
     let status = res.status();
@@ -206,24 +210,36 @@ async fn get_secret(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (Path(name), Query(q)) = (name?, query?);
-    let s = state.store.get(&name).ok_or(ApiError::NotFound("unknown secret"))?;
-    let version = match q.stage.as_deref() {
-        None | Some("AWSCURRENT") => s.current.ok_or(ApiError::NotReady)?,
-        Some("AWSPENDING") => s.view.pending.ok_or(ApiError::NotFound("no readable pending version"))?,
+    let pending = match q.stage.as_deref() {
+        None | Some("AWSCURRENT") => false,
+        Some("AWSPENDING") => true,
         Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
     };
-    let etag = format!("\"{}\"", version.id);
-    if if_none_match(&headers, &etag) {
+    // Under the read lock: the format and one `Arc`, no copy of the secret's state.
+    let (format, version) = state
+        .store
+        .read_with(&name, |s| (s.spec.format, if pending { s.view.pending.clone() } else { s.current.clone() }))
+        .ok_or(ApiError::NotFound("unknown secret"))?;
+    let version = match (version, pending) {
+        (Some(v), _) => v,
+        (None, false) => return Err(ApiError::NotReady),
+        (None, true) => return Err(ApiError::NotFound("no readable pending version")),
+    };
+    if if_none_match(&headers, &version.etag) {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
-        set_etag(&mut res, &etag);
+        set_etag(&mut res, &version.etag);
         return Ok(res);
     }
-    let content_type = match s.spec.format {
+    let content_type = match format {
         Format::Json => "application/json",
         Format::Raw => "application/octet-stream",
     };
-    let mut res = ([(header::CONTENT_TYPE, content_type)], version.value.expose().to_vec()).into_response();
-    set_etag(&mut res, &etag);
+    let etag = HeaderValue::from_str(&version.etag).ok();
+    // The body shares the published bytes: no copy of the value per request.
+    let mut res = ([(header::CONTENT_TYPE, content_type)], Bytes::from_owner(SharedValue(version))).into_response();
+    if let Some(etag) = etag {
+        res.headers_mut().insert(header::ETAG, etag);
+    }
     Ok(res)
 }
 
@@ -256,7 +272,7 @@ fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiErr
         other => other.to_string(),
     };
     let mut res = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
-    set_etag(&mut res, &format!("\"{}\"", version.id));
+    set_etag(&mut res, &version.etag);
     Ok(res)
 }
 
@@ -265,12 +281,23 @@ async fn refresh(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
-    // Dropping this future (the client hung up, or the timeout layer fired) only stops the waiting.
-    match state.poller.refresh_now(&name).await {
-        None => Err(ApiError::NotFound("unknown secret")),
-        Some(Ok(report)) => Ok(axum::Json(report).into_response()),
+    // Dropping this future (the client hung up, or the timeout fired) only stops the waiting.
+    match tokio::time::timeout(REFRESH_TIMEOUT, state.poller.refresh_now(&name)).await {
+        Err(_) => Err(ApiError::Status(StatusCode::GATEWAY_TIMEOUT)),
+        Ok(None) => Err(ApiError::NotFound("unknown secret")),
+        Ok(Some(Ok(report))) => Ok(axum::Json(report).into_response()),
         // The detail is logged by the poller; the body stays generic.
-        Some(Err(_)) => Err(ApiError::Upstream),
+        Ok(Some(Err(_))) => Err(ApiError::Upstream),
+    }
+}
+
+/// A version's bytes as an HTTP body without a copy: the body holds the version, whose value is zeroed
+/// when the last holder drops it.
+struct SharedValue(Arc<Version>);
+
+impl AsRef<[u8]> for SharedValue {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value.expose()
     }
 }
 
@@ -321,7 +348,12 @@ mod tests {
         let poller =
             Poller::start(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs, &tracker, cancel);
         poller.refresh_now("db").await.unwrap().unwrap();
-        app(AppState { store, poller, token: Some(SecretString::from("tok".to_owned())), max_staleness: None })
+        app(AppState {
+            store,
+            poller,
+            token: Some(Arc::new(SecretString::from("tok".to_owned()))),
+            max_staleness: None,
+        })
     }
 
     async fn call(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {

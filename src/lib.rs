@@ -162,7 +162,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         SourceConfig::Aws { .. } => None,
     };
 
-    let state = http::AppState { store, poller, token, max_staleness: config.max_staleness };
+    let state = http::AppState { store, poller, token: token.map(Arc::new), max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %addr, secrets = served.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
     tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));

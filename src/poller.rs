@@ -473,7 +473,7 @@ impl SecretTask {
             return Err(CheckError::Invalid { version_id: fetched.version_id, reason });
         }
         self.rejected = None;
-        let version = Arc::new(Version { id: fetched.version_id, value: fetched.value, since: SystemTime::now() });
+        let version = Arc::new(Version::new(fetched.version_id, fetched.value, SystemTime::now()));
         let (publisher, store, file_name, name, v) = (
             self.shared.publisher.clone(),
             self.shared.store.clone(),
@@ -513,11 +513,7 @@ impl SecretTask {
                 let get = self.shared.source.get_version(spec, &id);
                 match self.counted(Operation::GetSecretValue, get).await {
                     Ok(f) => match validate(spec.format, &f) {
-                        Ok(()) => Pending::Served(Arc::new(Version {
-                            id: f.version_id,
-                            value: f.value,
-                            since: SystemTime::now(),
-                        })),
+                        Ok(()) => Pending::Served(Arc::new(Version::new(f.version_id, f.value, SystemTime::now()))),
                         Err(reason) => {
                             tracing::warn!(secret = %spec.name, version = %id, %reason,
                                 "pending version not served; not fetched again while it stays pending");

@@ -24,6 +24,15 @@ pub struct Version {
     pub value: SecretValue,
     /// When this sidecar published it.
     pub since: SystemTime,
+    /// `"<id>"`, the HTTP ETag: made once per version, not per request.
+    pub etag: String,
+}
+
+impl Version {
+    pub fn new(id: String, value: SecretValue, since: SystemTime) -> Self {
+        let etag = format!("\"{id}\"");
+        Version { id, value, since, etag }
+    }
 }
 
 /// How a secret is being checked.
@@ -98,6 +107,12 @@ impl Store {
         self.read().get(name).cloned()
     }
 
+    /// Reads one secret's state in place, under the read lock: for the request path, which needs a
+    /// version or two (`Arc`s), not a copy of every field.
+    pub fn read_with<R>(&self, name: &str, f: impl FnOnce(&SecretState) -> R) -> Option<R> {
+        self.read().get(name).map(f)
+    }
+
     pub fn all(&self) -> Vec<SecretState> {
         self.read().values().cloned().collect()
     }
@@ -137,11 +152,8 @@ mod tests {
 
     fn publish(store: &Store, name: &str, now: Instant) {
         store.update(name, |s| {
-            s.current = Some(Arc::new(Version {
-                id: "v1".into(),
-                value: SecretValue::from("{}".to_owned()),
-                since: SystemTime::now(),
-            }));
+            s.current =
+                Some(Arc::new(Version::new("v1".into(), SecretValue::from("{}".to_owned()), SystemTime::now())));
             s.last_success = Some((now, SystemTime::now()));
         });
     }

@@ -222,7 +222,7 @@ impl TokenTask {
         let token = rds_iam::presign(&self.target, &credentials, now)?;
         let value = self.render(&token);
         let version_id = humantime::format_rfc3339_millis(now).to_string();
-        let version = Arc::new(Version { id: version_id.clone(), value, since: now });
+        let version = Arc::new(Version::new(version_id.clone(), value, now));
         let expires_at = token.expires_at();
         let (publisher, store, file_name, name) =
             (self.publisher.clone(), self.store.clone(), self.spec.file_name(), self.spec.name.clone());
