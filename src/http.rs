@@ -218,11 +218,17 @@ async fn get_secret(
         set_etag(&mut res, &etag);
         return Ok(res);
     }
-    let content_type = match s.spec.format {
-        Format::Json => "application/json",
-        Format::Raw => "application/octet-stream",
+    // The body is what the file holds: for format=env the rendered dotenv file, rendered again from the
+    // stored JSON (a pure function of it, and the poller published this version only after it rendered).
+    let (content_type, body) = match s.spec.format {
+        Format::Json => ("application/json", version.value.expose().to_vec()),
+        Format::Raw => ("application/octet-stream", version.value.expose().to_vec()),
+        Format::Env => {
+            let file = crate::dotenv::render_secret(version.value.expose()).map_err(|_| ApiError::NotReady)?;
+            ("text/plain; charset=utf-8", file.expose().to_vec())
+        }
     };
-    let mut res = ([(header::CONTENT_TYPE, content_type)], version.value.expose().to_vec()).into_response();
+    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     set_etag(&mut res, &etag);
     Ok(res)
 }
@@ -245,8 +251,8 @@ async fn get_refresh_key(
 
 fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiError> {
     let s = state.store.get(name).ok_or(ApiError::NotFound("unknown secret"))?;
-    if s.spec.format != Format::Json {
-        return Err(ApiError::NotFound("key lookup needs format json"));
+    if s.spec.format == Format::Raw {
+        return Err(ApiError::NotFound("key lookup needs format json or env"));
     }
     let version: Arc<Version> = s.current.ok_or(ApiError::NotReady)?;
     let object: serde_json::Map<String, serde_json::Value> =
