@@ -31,6 +31,10 @@ const PARSERS: [Parser; 3] = [Parser::Sh, Parser::RubyDotenv, Parser::PythonDote
 
 /// What `parser` reads from `file` for each of `keys` (`None`: the key is missing), or why it failed.
 fn read_back(parser: Parser, file: &Path, keys: &[&str]) -> Result<Vec<Option<String>>, String> {
+    if keys.is_empty() {
+        // Every value was refused. (`printf` with no arguments would still print its format once.)
+        return Ok(vec![]);
+    }
     let output = match parser {
         // `printf '%s\0'`: values cannot hold a NUL, so it separates them unambiguously. An unset key prints
         // as empty; the `${K+set}` marker tells the two apart.
