@@ -137,7 +137,10 @@ fn push_value(out: &mut String, value: &str) -> Result<(), Unportable> {
 /// The dotenv file for `object`: `KEY=value\n` per key, in the object's order. Every key is checked
 /// before anything is returned, so a secret is rendered whole or not at all.
 pub fn render(object: &Map<String, Value>) -> Result<Zeroizing<String>, EnvError> {
-    let mut out = Zeroizing::new(String::new());
+    // Room for the worst case of every string value (each `\` doubled, two quotes), so the buffer is not
+    // reallocated: a reallocation would leave an unzeroed copy of what was written so far.
+    let room = object.iter().map(|(k, v)| k.len() + 4 + if let Value::String(s) = v { 2 * s.len() } else { 64 }).sum();
+    let mut out = Zeroizing::new(String::with_capacity(room));
     for (key, value) in object {
         if !valid_key(key) {
             return Err(EnvError::BadKey(key.clone()));
