@@ -47,9 +47,10 @@ pub enum Command {
 /// checks for `run` live in [`Settings::validate`] where they can name the offending value.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// A secret to keep current: NAME=SECRET_ID[?format=raw], or an RDS IAM auth token to mint:
+    /// A secret to keep current: NAME=SECRET_ID[?format=raw|env], or an RDS IAM auth token to mint:
     /// NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]. Repeatable; the env var takes a comma-separated
-    /// list. NAME names the file (NAME.json) and the URL; SECRET_ID is a secret name or ARN.
+    /// list. NAME names the file (NAME.json, NAME for raw, NAME.env for env) and the URL; SECRET_ID is a
+    /// secret name or ARN.
     #[arg(
         long = "secret",
         env = "SIDECAR_SECRETS",
@@ -144,6 +145,8 @@ pub enum Format {
     Json,
     /// `SecretString` or `SecretBinary` bytes as they are, written to `NAME`.
     Raw,
+    /// A JSON object rendered as a dotenv file ([`crate::dotenv`]), written to `NAME.env`.
+    Env,
 }
 
 impl Format {
@@ -151,11 +154,12 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Raw => "raw",
+            Format::Env => "env",
         }
     }
 }
 
-/// One `NAME=SECRET_ID[?format=raw]` entry.
+/// One `NAME=SECRET_ID[?format=json|raw|env]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
     pub name: String,
@@ -169,6 +173,7 @@ impl SecretSpec {
         match self.format {
             Format::Json => format!("{}.json", self.name),
             Format::Raw => self.name.clone(),
+            Format::Env => format!("{}.env", self.name),
         }
     }
 }
@@ -281,7 +286,7 @@ pub enum SpecError {
     BadSecretId(String),
     #[error("{0}")]
     BadRdsIam(String),
-    #[error("unknown option {0:?} (the only option is format=json|raw)")]
+    #[error("unknown option {0:?} (the only option is format=json|raw|env)")]
     BadOption(String),
     #[error("unknown option {0:?} (rds-iam:// entries take region=REGION and dbname=NAME)")]
     BadIamOption(String),
@@ -313,6 +318,7 @@ impl FromStr for SecretSpec {
             format = match opt {
                 "format=json" => Format::Json,
                 "format=raw" => Format::Raw,
+                "format=env" => Format::Env,
                 other => return Err(SpecError::BadOption(other.to_owned())),
             };
         }
@@ -543,6 +549,8 @@ mod tests {
         assert_eq!((spec.format, spec.file_name().as_str()), (Format::Raw, "cert"));
         let spec: SecretSpec = "db=prod/db?format=json".parse().unwrap();
         assert_eq!(spec.file_name(), "db.json");
+        let spec: SecretSpec = "app=prod/app?format=env".parse().unwrap();
+        assert_eq!((spec.format, spec.file_name().as_str()), (Format::Env, "app.env"));
     }
 
     #[test]
@@ -698,13 +706,16 @@ mod tests {
         fn well_formed_entries_round_trip(
             name in "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
             id in "[A-Za-z0-9/_+=.@!:-]{1,100}",
-            raw in any::<bool>(),
+            format in prop::sample::select(vec![None, Some(Format::Json), Some(Format::Raw), Some(Format::Env)]),
         ) {
-            let entry = if raw { format!("{name}={id}?format=raw") } else { format!("{name}={id}") };
+            let entry = match format {
+                Some(f) => format!("{name}={id}?format={}", f.as_str()),
+                None => format!("{name}={id}"),
+            };
             let spec: SecretSpec = entry.parse().unwrap();
             prop_assert_eq!(spec.name, name);
             prop_assert_eq!(spec.secret_id, id);
-            prop_assert_eq!(spec.format, if raw { Format::Raw } else { Format::Json });
+            prop_assert_eq!(spec.format, format.unwrap_or(Format::Json));
         }
     }
 }

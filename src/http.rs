@@ -230,13 +230,19 @@ async fn get_secret(
         set_etag(&mut res, &version.etag);
         return Ok(res);
     }
-    let content_type = match format {
-        Format::Json => "application/json",
-        Format::Raw => "application/octet-stream",
-    };
     let etag = HeaderValue::from_str(&version.etag).ok();
-    // The body shares the published bytes: no copy of the value per request.
-    let mut res = ([(header::CONTENT_TYPE, content_type)], Bytes::from_owner(SharedValue(version))).into_response();
+    let (content_type, body) = match format {
+        // The body shares the published bytes: no copy of the value per request.
+        Format::Json => ("application/json", Bytes::from_owner(SharedValue(version))),
+        Format::Raw => ("application/octet-stream", Bytes::from_owner(SharedValue(version))),
+        // What the file holds: the dotenv file, rendered again from the stored JSON (a pure function of
+        // it; the poller published this version only after it rendered).
+        Format::Env => {
+            let file = crate::dotenv::render_secret(version.value.expose()).map_err(|_| ApiError::NotReady)?;
+            ("text/plain; charset=utf-8", Bytes::from(file.expose().to_vec()))
+        }
+    };
+    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     if let Some(etag) = etag {
         res.headers_mut().insert(header::ETAG, etag);
     }
@@ -261,8 +267,8 @@ async fn get_refresh_key(
 
 fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiError> {
     let s = state.store.get(name).ok_or(ApiError::NotFound("unknown secret"))?;
-    if s.spec.format != Format::Json {
-        return Err(ApiError::NotFound("key lookup needs format json"));
+    if s.spec.format == Format::Raw {
+        return Err(ApiError::NotFound("key lookup needs format json or env"));
     }
     let version: Arc<Version> = s.current.ok_or(ApiError::NotReady)?;
     let object: serde_json::Map<String, serde_json::Value> =
@@ -328,12 +334,17 @@ mod tests {
 
     /// The router over a dev-file source, with `db` fetched once.
     async fn router(dir: &std::path::Path, dev_json: &str) -> Router {
+        router_with(dir, dev_json, Format::Json).await
+    }
+
+    /// [`router`] with `db` in another format.
+    async fn router_with(dir: &std::path::Path, dev_json: &str, format: Format) -> Router {
         let dev = dir.join("dev.json");
         std::fs::write(&dev, dev_json).unwrap();
         let out = dir.join("out");
         std::fs::create_dir(&out).unwrap();
         let specs = vec![
-            SecretSpec { name: "db".into(), secret_id: "db".into(), format: Format::Json },
+            SecretSpec { name: "db".into(), secret_id: "db".into(), format },
             SecretSpec { name: "later".into(), secret_id: "later".into(), format: Format::Json },
         ];
         let store = Arc::new(Store::new(&specs));
@@ -391,6 +402,18 @@ mod tests {
         assert_eq!(report["fetched"], false, "inside the gap: {report}");
         let (s, _, body) = call(&app, "GET", "/healthz", &[]).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "'later' was never fetched: {body}");
+    }
+
+    #[tokio::test]
+    async fn an_env_secret_is_served_as_its_file_and_its_keys_as_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router_with(dir.path(), r#"{"db": {"PASSWORD": "p w#1", "PORT": 5432}}"#, Format::Env).await;
+        let (s, h, body) = call(&app, "GET", "/v1/secrets/db", &[TOKEN]).await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "PASSWORD='p w#1'\nPORT=5432\n"));
+        assert_eq!(h[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(std::fs::read_to_string(dir.path().join("out/db.env")).unwrap(), body, "the body is the file");
+        assert_eq!(call(&app, "GET", "/v1/secrets/db/PASSWORD", &[TOKEN]).await.2, "p w#1", "the value, unquoted");
+        assert_eq!(call(&app, "GET", "/v1/secrets/db/PORT", &[TOKEN]).await.2, "5432");
     }
 
     #[tokio::test]

@@ -13,6 +13,8 @@
 //!   like a secret and renews it before it expires.
 //! - [`schedule`]: when a secret is checked next, as a pure function of what happened to it.
 //! - [`publish`]: atomic writes of files on the shared volume.
+//! - [`dotenv`]: a JSON secret rendered as a dotenv file (`format=env`), quoted so that sh, Ruby's and
+//!   Python's dotenv read back the exact values, or refused.
 //! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
 //!   readiness latch. Only the poller writes it.
 //! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
@@ -27,6 +29,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod dotenv;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -39,6 +39,7 @@ use crate::metrics::{CheckResult, Metrics};
 use crate::publish::{Outcome, PublishError, Publisher};
 pub use crate::schedule::Timing;
 use crate::schedule::{Checked, Failure, Forced, Schedule};
+use crate::secret::SecretValue;
 use crate::source::{FetchError, Fetched, Operation, Source};
 use crate::store::{self, Store, Version, View};
 
@@ -468,10 +469,13 @@ impl SecretTask {
     /// Validates and publishes a new current version: the file, then the store, as one step.
     async fn publish_current(&mut self, fetched: Fetched) -> Result<(), CheckError> {
         let spec = &self.spec;
-        if let Err(reason) = validate(spec.format, &fetched) {
-            self.rejected = Some((fetched.version_id.clone(), reason.clone()));
-            return Err(CheckError::Invalid { version_id: fetched.version_id, reason });
-        }
+        let rendered = match validate(spec.format, &fetched) {
+            Ok(rendered) => rendered,
+            Err(reason) => {
+                self.rejected = Some((fetched.version_id.clone(), reason.clone()));
+                return Err(CheckError::Invalid { version_id: fetched.version_id, reason });
+            }
+        };
         self.rejected = None;
         let version = Arc::new(Version::new(fetched.version_id, fetched.value, SystemTime::now()));
         let (publisher, store, file_name, name, v) = (
@@ -484,7 +488,10 @@ impl SecretTask {
         // One blocking task for both: a blocking task runs to its end even if this future is dropped, so
         // the store can never lag behind the file (issue 8: a torn forced refresh).
         let outcome = tokio::task::spawn_blocking(move || {
-            let outcome = publisher.publish(&file_name, v.value.expose())?;
+            // The publisher leaves a file alone when its bytes are already these, so a new version whose
+            // rendered file is byte-identical (format=env: the same keys and values) does not touch it.
+            let content = rendered.as_ref().unwrap_or(&v.value);
+            let outcome = publisher.publish(&file_name, content.expose())?;
             store.update(&name, |s| s.current = Some(v));
             Ok::<_, PublishError>(outcome)
         })
@@ -513,7 +520,7 @@ impl SecretTask {
                 let get = self.shared.source.get_version(spec, &id);
                 match self.counted(Operation::GetSecretValue, get).await {
                     Ok(f) => match validate(spec.format, &f) {
-                        Ok(()) => Pending::Served(Arc::new(Version::new(f.version_id, f.value, SystemTime::now()))),
+                        Ok(_) => Pending::Served(Arc::new(Version::new(f.version_id, f.value, SystemTime::now()))),
                         Err(reason) => {
                             tracing::warn!(secret = %spec.name, version = %id, %reason,
                                 "pending version not served; not fetched again while it stays pending");
@@ -545,13 +552,18 @@ impl SecretTask {
     }
 }
 
-/// What a format requires of a value. The reason names no content.
-fn validate(format: Format, fetched: &Fetched) -> Result<(), String> {
+/// What a format requires of a value, and the file's content when it is not the value itself (the
+/// rendered dotenv file of `format=env`). The reason names no content.
+fn validate(format: Format, fetched: &Fetched) -> Result<Option<SecretValue>, String> {
     match format {
-        Format::Raw => Ok(()),
-        Format::Json if fetched.binary => Err("SecretBinary needs format=raw".into()),
-        Format::Json => match serde_json::from_slice::<serde_json::Value>(fetched.value.expose()) {
-            Ok(serde_json::Value::Object(_)) => Ok(()),
+        Format::Raw => Ok(None),
+        Format::Json | Format::Env if fetched.binary => Err("SecretBinary needs format=raw".into()),
+        Format::Json | Format::Env => match serde_json::from_slice::<serde_json::Value>(fetched.value.expose()) {
+            Ok(serde_json::Value::Object(object)) if format == Format::Env => {
+                let text = crate::dotenv::render(&object).map_err(|e| e.to_string())?;
+                Ok(Some(SecretValue::new(text.as_bytes().to_vec())))
+            }
+            Ok(serde_json::Value::Object(_)) => Ok(None),
             Ok(_) => Err("not a JSON object (use format=raw for other values)".into()),
             Err(e) => Err(format!("not valid JSON ({}:{})", e.line(), e.column())),
         },
@@ -562,7 +574,6 @@ fn validate(format: Format, fetched: &Fetched) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::FileOptions;
-    use crate::secret::SecretValue;
     use crate::source::AwsSource;
     use aws_sdk_secretsmanager::Client;
     use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
@@ -589,6 +600,20 @@ mod tests {
         assert!(validate(Format::Json, &fetched("hunter2", false)).unwrap_err().starts_with("not valid JSON"));
         assert!(validate(Format::Json, &fetched("{}", true)).is_err());
         assert!(validate(Format::Raw, &fetched("hunter2", false)).is_ok());
+    }
+
+    #[test]
+    fn env_format_renders_an_object_and_rejects_what_it_cannot_write() {
+        let rendered = validate(Format::Env, &fetched(r#"{"A":"x y","B":2}"#, false)).unwrap().unwrap();
+        assert_eq!(rendered.expose(), b"A='x y'\nB=2\n");
+        assert_eq!(validate(Format::Json, &fetched(r#"{"A":"x y"}"#, false)), Ok(None), "json is written as is");
+        assert!(validate(Format::Env, &fetched("[1]", false)).unwrap_err().starts_with("not a JSON object"));
+        assert!(validate(Format::Env, &fetched("{}", true)).is_err());
+        let reason = validate(Format::Env, &fetched(r#"{"ok":"1","bad-key":"s3cr3t"}"#, false)).unwrap_err();
+        assert_eq!(reason, r#"key "bad-key" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"#);
+        let reason = validate(Format::Env, &fetched(r#"{"K":"s3cr3t\nline"}"#, false)).unwrap_err();
+        assert!(reason.starts_with(r#"the value of key "K" contains a line break"#), "{reason}");
+        assert!(!reason.contains("s3cr3t"), "{reason}");
     }
 
     #[test]

@@ -35,6 +35,19 @@ fn moto_binary() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server")
 }
 
+/// The Python of the pinned test venv: the one beside the emulator (python-dotenv is pinned with moto in
+/// `requirements-test.txt`), so `MOTO_SERVER` names both.
+pub fn venv_python() -> PathBuf {
+    let python = moto_binary().with_file_name("python");
+    assert!(
+        python.exists(),
+        "{} not found — run `make test` (it installs the pinned test venv) or set MOTO_SERVER to the venv's \
+         moto_server",
+        python.display()
+    );
+    python
+}
+
 /// moto's server, on 127.0.0.1.
 pub struct Moto {
     pub port: u16,

@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line as an operator meets it, and start-up failures.
 //! - [`daemon`]: what a task sees from start to SIGTERM.
 //! - [`dev_secrets`]: `--dev-secrets`, local development without AWS.
+//! - [`env_format`]: `format=env` files read back by sh, Ruby's and Python's dotenv; rotations, rejections.
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
 //! - [`http_edge`]: the listener under a storm of slow clients.
 //! - [`rds_iam`]: `rds-iam://` entries: the token file, forced re-signing, health, no credentials.
@@ -19,6 +20,7 @@ mod common;
 mod cli;
 mod daemon;
 mod dev_secrets;
+mod env_format;
 mod forced_refresh;
 mod http_edge;
 mod iam_token;
