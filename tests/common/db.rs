@@ -42,7 +42,7 @@ pub fn random_password() -> String {
 }
 
 /// Panics with the Debian packages to install when a binary is missing.
-fn require(bins: &[(&str, &str)]) {
+pub fn require(bins: &[(&str, &str)]) {
     let missing: Vec<&str> = bins.iter().filter(|(b, _)| !Path::new(b).exists()).map(|(_, p)| *p).collect();
     if !missing.is_empty() {
         let mut pkgs = missing.clone();
@@ -63,30 +63,30 @@ pub fn free_port() -> u16 {
 }
 
 /// Effective uid 0 (from /proc/self's owner: no libc or unsafe needed).
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// Single-quoted SQL string literal (both servers accept '' for a quote; backslashes doubled for MariaDB).
-fn sql_str(s: &str) -> String {
+pub fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Last `n` lines of a log file, for failure messages. Server logs hold no passwords (statements are
 /// not logged by either server in this configuration).
-fn tail(path: &Path, n: usize) -> String {
+pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Lines of a server log that contain `needle`.
-fn count_lines(path: &Path, needle: &str) -> usize {
+pub fn count_lines(path: &Path, needle: &str) -> usize {
     fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
 }
 
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+pub fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -98,7 +98,7 @@ fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
 }
 
 /// Sends `signal` (a kill(1) name such as "TERM") and waits; SIGKILL after STOP_TIMEOUT.
-fn stop(child: &mut Child, signal: &str) {
+pub fn stop(child: &mut Child, signal: &str) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -120,7 +120,7 @@ fn stop(child: &mut Child, signal: &str) {
 }
 
 /// uid/gid of a system user from /etc/passwd (no libc needed).
-fn passwd_ids(name: &str) -> Option<(u32, u32)> {
+pub fn passwd_ids(name: &str) -> Option<(u32, u32)> {
     let text = fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -332,7 +332,7 @@ impl Drop for MariaDb {
 // PostgreSQL
 
 /// The newest installed `/usr/lib/postgresql/<major>/bin` (Debian 12: 15).
-fn pg_bin_dir() -> PathBuf {
+pub fn pg_bin_dir() -> PathBuf {
     let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
         .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
@@ -524,7 +524,7 @@ impl Postgres {
     }
 }
 
-fn as_user(cmd: &mut Command, ids: Option<(u32, u32)>) {
+pub fn as_user(cmd: &mut Command, ids: Option<(u32, u32)>) {
     if let Some((uid, gid)) = ids {
         // std drops supplementary groups (setgroups(0)) when it changes ids as root.
         cmd.uid(uid).gid(gid);

@@ -61,9 +61,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,6 +70,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
+
+use crate::common::db::{
+    as_user, count_lines, free_port, is_root, passwd_ids, pg_bin_dir, require, run_with_stdin, sql_str, stop, tail,
+};
 
 /// The database user that logs in with IAM tokens (through PAM only).
 pub const IAM_USER: &str = "iam_app";
@@ -83,7 +85,6 @@ pub const REGION: &str = "us-east-1";
 pub const HOST: &str = "127.0.0.1";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const PAM_DIR: &str = "/etc/pam.d";
 const PAM_PREFIX: &str = "sidecar-iam-";
 
@@ -996,108 +997,4 @@ fn login(out: Output) -> Login {
 
 fn random_alnum(n: usize) -> String {
     rand::rng().sample_iter(&Alphanumeric).take(n).map(char::from).collect()
-}
-
-/// Panics with the Debian packages to install when a file is missing.
-fn require(files: &[(&str, &str)]) {
-    let missing: Vec<&(&str, &str)> = files.iter().filter(|(f, _)| !Path::new(f).exists()).collect();
-    if !missing.is_empty() {
-        let mut pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
-        pkgs.dedup();
-        panic!(
-            "these tests need the Debian packages {0}: run scripts/install-test-deps.sh as root (or apt-get \
-             install {0}); missing: {1}",
-            pkgs.join(" "),
-            missing.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
-        );
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released; the server binds it moments later).
-fn free_port() -> u16 {
-    TcpListener::bind((HOST, 0)).expect("bind 127.0.0.1:0").local_addr().unwrap().port()
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
-}
-
-/// Single-quoted SQL string literal.
-fn sql_str(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn count_lines(path: &Path, needle: &str) -> usize {
-    fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
-}
-
-fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
-    // A client that refuses the login may exit before reading its stdin.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().expect("wait for client")
-}
-
-/// Sends `signal` (a kill(1) name) and waits; SIGKILL after STOP_TIMEOUT.
-fn stop(child: &mut Child, signal: &str) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// uid/gid of a system user from /etc/passwd.
-fn passwd_ids(name: &str) -> Option<(u32, u32)> {
-    let text = fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-fn as_user(cmd: &mut Command, ids: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = ids {
-        cmd.uid(uid).gid(gid);
-    }
-}
-
-/// The newest installed `/usr/lib/postgresql/<major>/bin`.
-fn pg_bin_dir() -> PathBuf {
-    let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
-    majors.sort_unstable();
-    match majors.last() {
-        Some(m) => PathBuf::from(format!("/usr/lib/postgresql/{m}/bin")),
-        None => {
-            require(&[("/usr/lib/postgresql/15/bin/postgres", "postgresql")]);
-            unreachable!()
-        }
-    }
 }
