@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +45,11 @@ use crate::store::{self, Store, Version, View};
 
 /// How often a secret in get-only mode asks `DescribeSecret` again, to notice a fixed policy.
 pub const DESCRIBE_REPROBE_INTERVAL: Duration = Duration::from_secs(3600);
+/// First checks running at once at start-up. Every secret's first check used to start at the same
+/// moment: with 200 secrets that peak (200 requests and responses in flight) set the idle RSS for the
+/// life of the process, 18.6 MiB against 10.9 with a cap of 4 (issue 11). Four keeps start → ready
+/// within a round trip or two for the usual handful of secrets.
+pub const STARTUP_CONCURRENCY: usize = 4;
 /// Forced refreshes queued per secret before callers wait to enqueue.
 const QUEUE: usize = 64;
 
@@ -113,6 +118,8 @@ struct Shared {
     store: Arc<Store>,
     publisher: Publisher,
     metrics: Arc<Metrics>,
+    /// Permits for first checks ([`STARTUP_CONCURRENCY`]).
+    startup: Arc<Semaphore>,
 }
 
 impl Poller {
@@ -143,7 +150,8 @@ impl Poller {
         jitter: fn() -> f64,
     ) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let shared = Arc::new(Shared { source, store, publisher, metrics: metrics.clone() });
+        let startup = Arc::new(Semaphore::new(STARTUP_CONCURRENCY));
+        let shared = Arc::new(Shared { source, store, publisher, metrics: metrics.clone(), startup });
         let now = Instant::now();
         let secrets = specs
             .iter()
@@ -157,6 +165,7 @@ impl Poller {
                     current: None,
                     rejected: None,
                     pending: Pending::None,
+                    checked_once: false,
                 };
                 tracker.spawn(task.run(rx, cancel.clone()));
                 (spec.name.clone(), tx)
@@ -262,6 +271,8 @@ struct SecretTask {
     /// A version whose value was rejected, with the reason, so it is not fetched again every check.
     rejected: Option<(String, String)>,
     pending: Pending,
+    /// Whether the first check has run (it takes a start-up permit).
+    checked_once: bool,
 }
 
 impl SecretTask {
@@ -301,6 +312,16 @@ impl SecretTask {
             // arrive during a forced check share it: they are the same burst of failing logins.
             let forced = !waiters.is_empty();
             let mut wake_again = false;
+            // Only the first check of each secret waits for a start-up permit (held until it ends).
+            let _permit = if self.checked_once {
+                None
+            } else {
+                tokio::select! {
+                    p = shared.startup.clone().acquire_owned() => p.ok(),
+                    () = cancel.cancelled() => return,
+                }
+            };
+            self.checked_once = true;
             let result = {
                 let mut check = std::pin::pin!(self.check());
                 loop {
