@@ -26,7 +26,7 @@ use tower::util::MapResponseLayer;
 
 use crate::config::Format;
 use crate::poller::Poller;
-use crate::secret::SecretString;
+use crate::secret::{SecretString, SecretValue};
 use crate::store::{Store, Version};
 
 pub const TOKEN_HEADER: &str = "x-secrets-sidecar-token";
@@ -239,7 +239,8 @@ async fn get_secret(
         // it; the poller published this version only after it rendered).
         Format::Env => {
             let file = crate::dotenv::render_secret(version.value.expose()).map_err(|_| ApiError::NotReady)?;
-            ("text/plain; charset=utf-8", Bytes::from(file.expose().to_vec()))
+            // Owned by the body, so the rendered secret is zeroed when the body is dropped, as the value is.
+            ("text/plain; charset=utf-8", Bytes::from_owner(RenderedValue(file)))
         }
     };
     let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
@@ -266,11 +267,15 @@ async fn get_refresh_key(
 }
 
 fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiError> {
-    let s = state.store.get(name).ok_or(ApiError::NotFound("unknown secret"))?;
-    if s.spec.format == Format::Raw {
+    // In place under the read lock, like get_secret: the format and one `Arc`.
+    let (format, current) = state
+        .store
+        .read_with(name, |s| (s.spec.format, s.current.clone()))
+        .ok_or(ApiError::NotFound("unknown secret"))?;
+    if format == Format::Raw {
         return Err(ApiError::NotFound("key lookup needs format json or env"));
     }
-    let version: Arc<Version> = s.current.ok_or(ApiError::NotReady)?;
+    let version: Arc<Version> = current.ok_or(ApiError::NotReady)?;
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(version.value.expose()).map_err(|_| ApiError::NotReady)?;
     let text = match object.get(key).ok_or(ApiError::NotFound("unknown key"))? {
@@ -304,6 +309,15 @@ struct SharedValue(Arc<Version>);
 impl AsRef<[u8]> for SharedValue {
     fn as_ref(&self) -> &[u8] {
         self.0.value.expose()
+    }
+}
+
+/// A body rendered for this request (format=env), zeroed when the body is dropped.
+struct RenderedValue(SecretValue);
+
+impl AsRef<[u8]> for RenderedValue {
+    fn as_ref(&self) -> &[u8] {
+        self.0.expose()
     }
 }
 

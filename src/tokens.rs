@@ -140,7 +140,6 @@ struct Published<'a> {
 struct Signed {
     version_id: String,
     at: Instant,
-    expires_at: SystemTime,
 }
 
 struct TokenTask {
@@ -239,7 +238,7 @@ impl TokenTask {
         self.metrics.token_expiry(&self.spec.name, expires_at);
         tracing::info!(secret = %self.spec.name, user = %self.target.user, host = %self.target.host,
             expires_at = %humantime::format_rfc3339_seconds(expires_at), "published a new RDS IAM token");
-        self.current = Some(Signed { version_id, at: Instant::now(), expires_at });
+        self.current = Some(Signed { version_id, at: Instant::now() });
         Ok(expires_at.duration_since(now).unwrap_or_default())
     }
 
@@ -263,10 +262,6 @@ impl TokenTask {
             }
             Some(e) => s.last_error = Some(e),
         });
-        if let Some(c) = &self.current {
-            tracing::debug!(secret = %self.spec.name, version = %c.version_id,
-                expires_at = %humantime::format_rfc3339_seconds(c.expires_at), "token state recorded");
-        }
     }
 
     fn report(&self, changed: bool, fetched: bool) -> RefreshReport {

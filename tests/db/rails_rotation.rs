@@ -486,7 +486,6 @@ async fn credentials_that_never_work(stack: Stack, adapter: &'static str, withou
         summary["error_class"],
     );
     assert!(summary["error_class"].is_string(), "the app got no error:\n{summary:#}\n{}", tail(&stderr));
-    assert!(!side.sidecar.log_text().is_empty());
     Budget { summary, server_auth_failures }
 }
 
