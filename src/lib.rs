@@ -15,6 +15,8 @@
 //! - [`publish`]: atomic writes of files on the shared volume.
 //! - [`dotenv`]: a JSON secret rendered as a dotenv file (`format=env`), quoted so that sh, Ruby's and
 //!   Python's dotenv read back the exact values, or refused.
+//! - [`changes`]: a counter per published name, raised after its file is in place; what renders or acts on
+//!   a change watches it.
 //! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
 //!   readiness latch. Only the poller writes it.
 //! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
@@ -28,6 +30,7 @@
 //! `docs/secrets-manager.md`.
 
 pub mod backoff;
+pub mod changes;
 pub mod config;
 pub mod dotenv;
 pub mod health;

@@ -514,6 +514,8 @@ impl SecretTask {
             let content = rendered.as_ref().unwrap_or(&v.value);
             let outcome = publisher.publish(&file_name, content.expose())?;
             store.update(&name, |s| s.current = Some(v));
+            // After the file and the store: a listener that wakes reads both new.
+            store.changes().published(&name, outcome);
             Ok::<_, PublishError>(outcome)
         })
         .await
@@ -1090,5 +1092,29 @@ mod tests {
         assert!(s.last_error.unwrap().contains("v2 rejected"));
         assert_eq!(s.current.unwrap().id, "v1");
         assert_eq!(h.file().unwrap(), br#"{"a":1}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_change_counter_rises_at_the_first_publish_and_then_only_when_the_bytes_change() {
+        let d = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", None))
+            .output(|| describe("v2", None))
+            .output(|| describe("v3", None))
+            .repeatedly()
+            .build();
+        let (g1, g2, g3) =
+            (get_version("v1", r#"{"a":1}"#), get_version("v2", r#"{"a":1}"#), get_version("v3", r#"{"a":2}"#));
+        let h = Harness::start(&[&d, &g1, &g2, &g3]);
+        let mut rx = h.store.changes().subscribe("db").unwrap();
+        let t0 = Instant::now();
+        at(t0, 0.5).await;
+        assert_eq!(*rx.borrow_and_update(), 1, "the initial publish");
+        at(t0, 60.5).await;
+        assert_eq!(h.state().current.unwrap().id, "v2");
+        assert!(!rx.has_changed().unwrap(), "v2 has v1's bytes: published, but not a change");
+        at(t0, 120.5).await;
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert_eq!(h.file().unwrap(), br#"{"a":2}"#);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::changes::Changes;
 use crate::config::SecretSpec;
 use crate::secret::SecretValue;
 
@@ -95,12 +96,21 @@ impl SecretState {
 pub struct Store {
     secrets: RwLock<BTreeMap<String, SecretState>>,
     ready: AtomicBool,
+    /// Raised by the writer after each publication that counts ([`Changes`]); read by what renders or acts
+    /// on a change.
+    changes: Changes,
 }
 
 impl Store {
     pub fn new(specs: &[SecretSpec]) -> Self {
         let secrets = specs.iter().map(|s| (s.name.clone(), SecretState::new(s.clone()))).collect();
-        Store { secrets: RwLock::new(secrets), ready: AtomicBool::new(false) }
+        let changes = Changes::new(specs.iter().map(|s| s.name.clone()));
+        Store { secrets: RwLock::new(secrets), ready: AtomicBool::new(false), changes }
+    }
+
+    /// The change counters of every name in the store.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     pub fn get(&self, name: &str) -> Option<SecretState> {

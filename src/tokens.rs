@@ -226,11 +226,12 @@ impl TokenTask {
         let (publisher, store, file_name, name) =
             (self.publisher.clone(), self.store.clone(), self.spec.file_name(), self.spec.name.clone());
         tokio::task::spawn_blocking(move || {
-            publisher.publish(&file_name, version.value.expose())?;
+            let outcome = publisher.publish(&file_name, version.value.expose())?;
             store.update(&name, |s| {
                 s.current = Some(version);
                 s.expires_at = Some(expires_at);
             });
+            store.changes().published(&name, outcome);
             Ok::<_, PublishError>(())
         })
         .await
