@@ -130,11 +130,11 @@ fn print_config(c: &Config) {
             _ => "(secrets of the dev file, checked at start)".to_owned(),
         };
         println!(
-            "template {}: {}{} from {} -> {}",
+            "template {}: {} rendered from {}{} -> {}",
             t.spec.name,
             t.spec.path.display(),
-            t.spec.from.as_ref().map(|f| format!(" (variables: the keys of {f})")).unwrap_or_default(),
             inputs,
+            t.spec.from.as_ref().map(|f| format!(" (variables: the keys of {f})")).unwrap_or_default(),
             c.output_dir.join(&t.spec.name).display()
         );
     }
