@@ -49,10 +49,12 @@ pub enum Command {
 /// checks for `run` live in [`Settings::validate`] where they can name the offending value.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// A secret to keep current: NAME=SECRET_ID[?format=raw|env], or an RDS IAM auth token to mint:
+    /// A secret to keep current: NAME=SECRET_ID[?format=json|raw|env], or an RDS IAM auth token to mint:
     /// NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]. Repeatable; the env var takes a comma-separated
-    /// list. NAME names the file (NAME.json, NAME for raw, NAME.env for env) and the URL; SECRET_ID is a
-    /// secret name or ARN.
+    /// list. NAME names the file and the URL; SECRET_ID is a secret name or ARN. Formats: json (the
+    /// default) writes the SecretString, a JSON object, to NAME.json; raw the bytes as they are to NAME;
+    /// env the object as a dotenv file to NAME.env. For a URL or config file built from secrets, see
+    /// --template.
     #[arg(
         long = "secret",
         env = "SIDECAR_SECRETS",
@@ -64,9 +66,12 @@ pub struct Settings {
 
     /// A file rendered from a template: NAME=PATH[?from=SECRET]. Repeatable; the env var takes a
     /// comma-separated list. The template at PATH (minijinja, i.e. Jinja2 syntax; read at start) is rendered
-    /// into DIR/NAME whenever a secret it uses changes. Each secret it names is a variable (a JSON secret
-    /// an object, a raw one a string), all of them are in `secrets["NAME"]`, and with from=SECRET that
-    /// secret's keys are the variables. Filters: urlencode (for a URL's user and password), tojson.
+    /// into DIR/NAME whenever a secret it uses changes, e.g.
+    /// DATABASE_URL=mysql2://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/{{ dbname }}
+    /// with ?from=db. Each secret it names is a variable (a JSON secret an object, a raw one a string), all
+    /// are in secrets["NAME"], and with from=SECRET that secret's keys are the variables. A missing key
+    /// fails the render and keeps the last good file. Filters: urlencode (any string, safe in a URL's user
+    /// or password), tojson.
     #[arg(
         long = "template",
         env = "SIDECAR_TEMPLATES",
