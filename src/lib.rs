@@ -184,7 +184,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let state = http::AppState { store, poller, token: token.map(Arc::new), max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(listen = %addr, secrets = served.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
+    tracing::info!(listen = %addr, secrets = served.len() - config.templates.len(), templates = config.templates.len(),
+        dir = %config.output_dir.display(), "secrets-sidecar started");
     tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));
 
     shutdown.await;
