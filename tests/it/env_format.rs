@@ -21,16 +21,17 @@ use crate::common::{Moto, Sidecar, create_secret, rotate, venv_python};
 
 /// The three parsers the quoting is proven against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Parser {
+pub(crate) enum Parser {
     Sh,
     RubyDotenv,
     PythonDotenv,
 }
 
-const PARSERS: [Parser; 3] = [Parser::Sh, Parser::RubyDotenv, Parser::PythonDotenv];
+pub(crate) const PARSERS: [Parser; 3] = [Parser::Sh, Parser::RubyDotenv, Parser::PythonDotenv];
 
-/// What `parser` reads from `file` for each of `keys` (`None`: the key is missing), or why it failed.
-fn read_back(parser: Parser, file: &Path, keys: &[&str]) -> Result<Vec<Option<String>>, String> {
+/// What `parser` reads from `file` for each of `keys` (`None`: the key is missing), or why it failed. Also
+/// what `template_format` checks its README claim about `tojson` with.
+pub(crate) fn read_back(parser: Parser, file: &Path, keys: &[&str]) -> Result<Vec<Option<String>>, String> {
     if keys.is_empty() {
         // Every value was refused. (`printf` with no arguments would still print its format once.)
         return Ok(vec![]);

@@ -416,3 +416,43 @@ fn the_round_trip_check_catches_an_unencoded_slash_at_or_hash() {
     let encoded: Vec<String> = pairs.iter().map(|(u, p)| render_url(&t, u, p)).collect();
     assert_eq!(misread(&encoded, &pairs), Vec::<String>::new());
 }
+
+/// What the README says of `tojson` in a dotenv file written by a template: sh, Ruby's dotenv 2.4 and
+/// python-dotenv read back a `tojson` string exactly when it has none of `'` `<` `>` `&` (written as
+/// `\u0027`-style escapes, which none of them decodes), `$` or `` ` `` (expanded by sh and Ruby), no
+/// control character and no `\` before an `n` or `r`; `"` and other `\` are fine. Otherwise at least one
+/// of them reads something else.
+#[test]
+fn tojson_in_a_dotenv_template_reads_back_only_without_the_documented_characters() {
+    use crate::env_format::{PARSERS, read_back};
+    let exact = ["p@ss w0rd#1", r#"say "hi""#, r"C:\tmp\dir", "é/€ ; | ~ {}", ""];
+    // Ruby's dotenv 2.4 turns `\n` into a line break before it unescapes `\\`, so a backslash before n or r.
+    let misread = ["it's", "a<b", "a>b", "a&b", "$HOME", "`id`", "tab\there", r"C:\new", r"C:\run"];
+    let values: Vec<&str> = exact.iter().chain(&misread).copied().collect();
+    let source: String = (0..values.len()).map(|i| format!("K{i}={{{{ secrets.v.K{i} | tojson }}}}\n")).collect();
+    let spec = TemplateSpec { name: "app.env".into(), path: "/t/app.env.j2".into(), from: None };
+    let t = Template::compile(spec, source).unwrap();
+    let object: serde_json::Map<String, Value> =
+        values.iter().enumerate().map(|(i, v)| (format!("K{i}"), Value::from(*v))).collect();
+    let value = SecretValue::from(Value::Object(object).to_string());
+    let rendered = t.render(&[("v", Format::Json, &value)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.env");
+    std::fs::write(&file, rendered.expose()).unwrap();
+    let keys: Vec<String> = (0..values.len()).map(|i| format!("K{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut wrong_somewhere = vec![false; values.len()];
+    for parser in PARSERS {
+        let got = read_back(parser, &file, &keys).unwrap();
+        for (i, (want, got)) in values.iter().zip(&got).enumerate() {
+            let ok = got.as_deref() == Some(*want);
+            if i < exact.len() {
+                assert!(ok, "{parser:?} read {got:?} for {want:?}");
+            }
+            wrong_somewhere[i] |= !ok;
+        }
+    }
+    for (i, v) in misread.iter().enumerate() {
+        assert!(wrong_somewhere[exact.len() + i], "{v:?} read back everywhere: the README is out of date");
+    }
+}
