@@ -590,7 +590,9 @@ mod tests {
             render(&t, &[("db", Format::Json, "{}")]).unwrap_err().to_string(),
             "undefined value at line 1 (missing: db.tls)"
         );
-        // What `default` is for.
+        // What `default` and `is defined` are for.
+        let t = compiled("{% if db.tls is defined %}tls{% else %}plain{% endif %}", None);
+        assert_eq!(render(&t, &[("db", Format::Json, "{}")]).unwrap(), "plain");
         let t = compiled("{{ db.port | default(3306) }}", None);
         assert_eq!(render(&t, &[("db", Format::Json, "{}")]).unwrap(), "3306");
     }
