@@ -193,8 +193,14 @@ async fn an_env_secret_follows_a_rotation_atomically_and_a_bad_key_keeps_the_las
         let (path, stop) = (sidecar.dir().join("app.env"), stop.clone());
         move || {
             let mut seen = BTreeSet::new();
-            while !stop.load(Ordering::Relaxed) {
+            // One more read after `stop`, which comes after the new file is in place: a reader thread
+            // starved while the test waited still sees the new content.
+            loop {
+                let stopping = stop.load(Ordering::Relaxed);
                 seen.insert(std::fs::read_to_string(&path).unwrap_or_else(|e| format!("<read failed: {e}>")));
+                if stopping {
+                    break;
+                }
             }
             seen
         }
