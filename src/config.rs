@@ -11,11 +11,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::secret::SecretString;
+use crate::template::{Template, TemplateError};
 
 /// Default `--listen`: the port the AWS Secrets Manager Agent uses, so a task migrating from it keeps its URL.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2773";
@@ -47,10 +49,12 @@ pub enum Command {
 /// checks for `run` live in [`Settings::validate`] where they can name the offending value.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// A secret to keep current: NAME=SECRET_ID[?format=raw|env], or an RDS IAM auth token to mint:
+    /// A secret to keep current: NAME=SECRET_ID[?format=json|raw|env], or an RDS IAM auth token to mint:
     /// NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]. Repeatable; the env var takes a comma-separated
-    /// list. NAME names the file (NAME.json, NAME for raw, NAME.env for env) and the URL; SECRET_ID is a
-    /// secret name or ARN.
+    /// list. NAME names the file and the URL; SECRET_ID is a secret name or ARN. Formats: json (the
+    /// default) writes the SecretString, a JSON object, to NAME.json; raw the bytes as they are to NAME;
+    /// env the object as a dotenv file to NAME.env. For a URL or config file built from secrets, see
+    /// --template.
     #[arg(
         long = "secret",
         env = "SIDECAR_SECRETS",
@@ -59,6 +63,23 @@ pub struct Settings {
         value_name = "NAME=SECRET_ID"
     )]
     pub secrets: Vec<String>,
+
+    /// A file rendered from a template: NAME=PATH[?from=SECRET]. Repeatable; the env var takes a
+    /// comma-separated list. The template at PATH (minijinja, i.e. Jinja2 syntax; read at start) is rendered
+    /// into DIR/NAME whenever a secret it uses changes, e.g.
+    /// DATABASE_URL=mysql2://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/{{ dbname }}
+    /// with ?from=db. Each secret it names is a variable (a JSON secret an object, a raw one a string), all
+    /// are in secrets["NAME"], and with from=SECRET that secret's keys are the variables. A missing key
+    /// fails the render and keeps the last good file. Filters: urlencode (any string, safe in a URL's user
+    /// or password), tojson.
+    #[arg(
+        long = "template",
+        env = "SIDECAR_TEMPLATES",
+        value_delimiter = ',',
+        global = true,
+        value_name = "NAME=PATH[?from=SECRET]"
+    )]
+    pub templates: Vec<String>,
 
     /// Directory the secret files are written to (a volume shared with the app container).
     #[arg(long, env = "SIDECAR_OUTPUT_DIR", default_value = "/secrets", global = true)]
@@ -147,6 +168,8 @@ pub enum Format {
     Raw,
     /// A JSON object rendered as a dotenv file ([`crate::dotenv`]), written to `NAME.env`.
     Env,
+    /// A `--template` rendered from one or more secrets ([`crate::template`]), written to `NAME`.
+    Template,
 }
 
 impl Format {
@@ -155,6 +178,7 @@ impl Format {
             Format::Json => "json",
             Format::Raw => "raw",
             Format::Env => "env",
+            Format::Template => "template",
         }
     }
 }
@@ -172,7 +196,7 @@ impl SecretSpec {
     pub fn file_name(&self) -> String {
         match self.format {
             Format::Json => format!("{}.json", self.name),
-            Format::Raw => self.name.clone(),
+            Format::Raw | Format::Template => self.name.clone(),
             Format::Env => format!("{}.env", self.name),
         }
     }
@@ -197,6 +221,48 @@ pub struct RdsIamSpec {
 impl RdsIamSpec {
     pub fn file_name(&self) -> String {
         format!("{}.json", self.name)
+    }
+}
+
+/// One `--template NAME=PATH[?from=SECRET]` entry, before its file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// The file in the output directory, and the name in the store, HTTP and health.
+    pub name: String,
+    /// The template file, read once at start.
+    pub path: PathBuf,
+    /// The secret whose top-level keys are the template's variables.
+    pub from: Option<String>,
+}
+
+impl FromStr for TemplateSpec {
+    type Err = SpecError;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let (name, rest) = entry.split_once('=').ok_or_else(|| SpecError::NoEquals(entry.to_owned()))?;
+        if !valid_name(name) {
+            return Err(SpecError::BadName(name.to_owned()));
+        }
+        // The path ends at the first `?`, as a secret id does: a template path with a `?` is not supported.
+        let (path, options) = match rest.split_once('?') {
+            Some((p, o)) => (p, Some(o)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(SpecError::EmptyTemplatePath);
+        }
+        let mut from = None;
+        for opt in options.into_iter().flat_map(|o| o.split('&')) {
+            match opt.split_once('=') {
+                Some(("from", secret)) if valid_name(secret) => from = Some(secret.to_owned()),
+                _ => return Err(SpecError::BadTemplateOption(opt.to_owned())),
+            }
+        }
+        Ok(TemplateSpec { name: name.to_owned(), path: PathBuf::from(path), from })
     }
 }
 
@@ -290,6 +356,10 @@ pub enum SpecError {
     BadOption(String),
     #[error("unknown option {0:?} (rds-iam:// entries take region=REGION and dbname=NAME)")]
     BadIamOption(String),
+    #[error("the template path is empty (expected NAME=PATH[?from=SECRET])")]
+    EmptyTemplatePath,
+    #[error("unknown option {0:?} (a template takes from=SECRET, a secret's NAME)")]
+    BadTemplateOption(String),
 }
 
 impl FromStr for SecretSpec {
@@ -403,6 +473,8 @@ pub struct Config {
     pub secrets: Vec<SecretSpec>,
     /// `rds-iam://` entries: tokens signed locally, published like secrets.
     pub rds_iam: Vec<RdsIamSpec>,
+    /// `--template` entries, read and compiled.
+    pub templates: Vec<Arc<Template>>,
     pub rds_iam_renew_interval: Duration,
     pub output_dir: PathBuf,
     pub refresh_interval: Duration,
@@ -423,6 +495,12 @@ pub enum ConfigError {
     Spec { entry: String, source: SpecError },
     #[error("secret name {0:?} is given twice")]
     DuplicateName(String),
+    #[error("invalid template {entry:?}: {source}")]
+    TemplateSpec { entry: String, source: SpecError },
+    #[error("template name {0:?} is already the name of a secret or another template")]
+    DuplicateTemplate(String),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     #[error("rds-iam:// entries sign tokens with AWS credentials and cannot be used with --dev-secrets")]
     RdsIamWithDev,
     #[error("--rds-iam-renew-interval must be between 1s and 14m (a token lives 15 minutes), got {}",
@@ -468,6 +546,24 @@ impl Settings {
         if !rds_iam.is_empty() && self.dev_secrets.is_some() {
             return Err(ConfigError::RdsIamWithDev);
         }
+        // Templates are read and compiled here, so a syntax error or a variable that names no secret exits
+        // with 2 before anything is fetched. A dev run without --secret learns its names from the dev file:
+        // `run` checks the variables against those.
+        let known: Option<Vec<String>> = (self.dev_secrets.is_none() || !seen.is_empty())
+            .then(|| secrets.iter().map(|s| s.name.clone()).chain(rds_iam.iter().map(|s| s.name.clone())).collect());
+        let mut templates = Vec::with_capacity(self.templates.len());
+        for entry in &self.templates {
+            let spec: TemplateSpec =
+                entry.parse().map_err(|source| ConfigError::TemplateSpec { entry: entry.clone(), source })?;
+            if !seen.insert(spec.name.clone()) {
+                return Err(ConfigError::DuplicateTemplate(spec.name));
+            }
+            let template = Template::load(spec)?;
+            if let Some(known) = &known {
+                template.inputs(known)?;
+            }
+            templates.push(Arc::new(template));
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(14 * 60)).contains(&self.rds_iam_renew_interval) {
             return Err(ConfigError::RenewInterval(self.rds_iam_renew_interval));
         }
@@ -503,6 +599,7 @@ impl Settings {
         Ok(Config {
             secrets,
             rds_iam,
+            templates,
             rds_iam_renew_interval: self.rds_iam_renew_interval,
             output_dir: self.output_dir.clone(),
             refresh_interval: self.refresh_interval,
@@ -620,6 +717,53 @@ mod tests {
         assert!(matches!(s.validate(), Err(ConfigError::RdsIamWithDev)));
         let s = settings(&["--secret", "db=x", "--rds-iam-renew-interval", "15m"]).unwrap();
         assert!(matches!(s.validate(), Err(ConfigError::RenewInterval(_))));
+    }
+
+    #[test]
+    fn template_entries_parse_name_path_and_from() {
+        assert_eq!(
+            "db_url=/etc/sidecar/db_url.j2?from=db".parse::<TemplateSpec>(),
+            Ok(TemplateSpec { name: "db_url".into(), path: "/etc/sidecar/db_url.j2".into(), from: Some("db".into()) })
+        );
+        assert_eq!(
+            "app.env=t/app.env.j2".parse::<TemplateSpec>(),
+            Ok(TemplateSpec { name: "app.env".into(), path: "t/app.env.j2".into(), from: None })
+        );
+        assert_eq!("../x=a".parse::<TemplateSpec>(), Err(SpecError::BadName("../x".into())));
+        assert_eq!("x=".parse::<TemplateSpec>(), Err(SpecError::EmptyTemplatePath));
+        assert_eq!("x=a?from=../db".parse::<TemplateSpec>(), Err(SpecError::BadTemplateOption("from=../db".into())));
+        assert_eq!("x=a?format=raw".parse::<TemplateSpec>(), Err(SpecError::BadTemplateOption("format=raw".into())));
+    }
+
+    #[test]
+    fn templates_are_read_and_checked_against_the_secrets_at_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let good = file("good.j2", "{{ db.password }}\n");
+        let c = settings(&["--secret", "db=x", "--template", &format!("url={good}")]).unwrap().validate().unwrap();
+        assert_eq!(c.templates.len(), 1);
+        assert_eq!(c.templates[0].inputs(&["db".into()]).unwrap(), ["db"]);
+
+        let unknown = file("unknown.j2", "{{ dbb.password }}");
+        let err = settings(&["--secret", "db=x", "--template", &format!("url={unknown}")]).unwrap().validate();
+        assert!(
+            matches!(err, Err(ConfigError::Template(TemplateError::UnknownVariable { ref variable, .. })) if variable == "dbb")
+        );
+        let broken = file("broken.j2", "{% if %}");
+        let err = settings(&["--secret", "db=x", "--template", &format!("url={broken}")]).unwrap().validate();
+        assert!(matches!(err, Err(ConfigError::Template(TemplateError::Syntax { .. }))));
+        let err = settings(&["--secret", "db=x", "--template", "url=/nonexistent/t.j2"]).unwrap().validate();
+        assert!(matches!(err, Err(ConfigError::Template(TemplateError::Read { .. }))));
+        // One namespace for secrets and templates.
+        let err = settings(&["--secret", "db=x", "--template", &format!("db={good}")]).unwrap().validate();
+        assert!(matches!(err, Err(ConfigError::DuplicateTemplate(n)) if n == "db"));
+        // A dev run without --secret: the names are the dev file's, checked by `run`.
+        let c = settings(&["--dev-secrets", "/d.json", "--template", &format!("url={unknown}")]).unwrap().validate();
+        assert!(c.is_ok());
     }
 
     #[test]

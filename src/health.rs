@@ -6,6 +6,10 @@
 //! false again, because a later Secrets Manager outage must not make ECS replace every task of a service
 //! at once. `--max-staleness` is the one, opt-in, way back to unhealthy — and, for an `rds-iam://` entry, a
 //! token that would expire unrenewed: a task whose app cannot log in any more is better replaced.
+//!
+//! A `--template` is an entry like a secret: readiness waits for its first render, and a later failed
+//! render shows in its `last_error` without turning health red, as a rejected secret version does — the
+//! app keeps the last good file. It is never stale by itself (it has no `last_success`): its inputs are.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -235,6 +235,8 @@ async fn get_secret(
         // The body shares the published bytes: no copy of the value per request.
         Format::Json => ("application/json", Bytes::from_owner(SharedValue(version))),
         Format::Raw => ("application/octet-stream", Bytes::from_owner(SharedValue(version))),
+        // The rendered file, as published.
+        Format::Template => ("text/plain; charset=utf-8", Bytes::from_owner(SharedValue(version))),
         // What the file holds: the dotenv file, rendered again from the stored JSON (a pure function of
         // it; the poller published this version only after it rendered).
         Format::Env => {
@@ -272,7 +274,7 @@ fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiErr
         .store
         .read_with(name, |s| (s.spec.format, s.current.clone()))
         .ok_or(ApiError::NotFound("unknown secret"))?;
-    if format == Format::Raw {
+    if matches!(format, Format::Raw | Format::Template) {
         return Err(ApiError::NotFound("key lookup needs format json or env"));
     }
     let version: Arc<Version> = current.ok_or(ApiError::NotReady)?;

@@ -15,6 +15,8 @@
 //! - [`publish`]: atomic writes of files on the shared volume.
 //! - [`dotenv`]: a JSON secret rendered as a dotenv file (`format=env`), quoted so that sh, Ruby's and
 //!   Python's dotenv read back the exact values, or refused.
+//! - [`template`]: `--template` files rendered from secrets with minijinja, one task per template that
+//!   re-renders when an input changes and publishes like a secret.
 //! - [`changes`]: a counter per published name, raised after its file is in place; what renders or acts on
 //!   a change watches it.
 //! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
@@ -44,6 +46,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod source;
 pub mod store;
+pub mod template;
 pub mod tokens;
 
 use std::future::Future;
@@ -77,6 +80,10 @@ pub enum RunError {
     DevWatch(#[from] notify::Error),
     #[error("cannot generate a token: no OS random source ({0})")]
     Random(getrandom::Error),
+    /// A template's variables checked against the secrets of a `--dev-secrets` file: a configuration
+    /// error (exit 2), found before anything is published.
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
 }
 
 /// Runs the sidecar until `shutdown` resolves, serving HTTP on `listener`.
@@ -130,6 +137,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     // rds-iam:// entries are served like secrets: the store and HTTP see them under their names.
     let mut served = secrets.clone();
     served.extend(config.rds_iam.iter().map(tokens::store_spec));
+    // Checked again here: with --dev-secrets alone, the secret names come from the file.
+    let names: Vec<String> = served.iter().map(|s| s.name.clone()).collect();
+    let templates =
+        config.templates.iter().map(|t| Ok((t.clone(), t.inputs(&names)?))).collect::<Result<Vec<_>, RunError>>()?;
+    served.extend(config.templates.iter().map(|t| t.store_spec()));
     let store = Arc::new(Store::new(&served));
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
@@ -159,6 +171,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         None => poller,
     };
 
+    template::start(templates, store.clone(), publisher.clone(), poller.metrics_handle(), &tracker, cancel.clone());
+
     // Kept alive for the whole run: dropping the watcher stops it.
     let _watcher = match &config.source {
         SourceConfig::Dev { path } => {
@@ -170,7 +184,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let state = http::AppState { store, poller, token: token.map(Arc::new), max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(listen = %addr, secrets = served.len(), dir = %config.output_dir.display(), "secrets-sidecar started");
+    tracing::info!(listen = %addr, secrets = served.len() - config.templates.len(), templates = config.templates.len(),
+        dir = %config.output_dir.display(), "secrets-sidecar started");
     tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));
 
     shutdown.await;

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use secrets_sidecar::RunError;
 use secrets_sidecar::config::{Cli, Command, Config, LogFormat, Settings, SourceConfig, TokenSetting};
 use tracing_subscriber::EnvFilter;
 
@@ -58,17 +59,21 @@ fn run(config: Config, format: LogFormat) -> ExitCode {
     let result = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        secrets_sidecar::run(config, listener, secrets_sidecar::shutdown::signal()).await.map_err(|e| e.to_string())
+            .map_err(|e| (EXIT_FAILURE, format!("cannot listen on {}: {e}", config.listen)))?;
+        secrets_sidecar::run(config, listener, secrets_sidecar::shutdown::signal()).await.map_err(|e| {
+            // A template that uses a name the dev file lacks is bad configuration, found only at run.
+            let code = if matches!(e, RunError::Template(_)) { EXIT_CONFIG } else { EXIT_FAILURE };
+            (code, e.to_string())
+        })
     });
     // Do not wait for blocking tasks (a publish in flight finishes its rename or not at all).
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((code, e)) => {
             tracing::error!(error = %e, "secrets-sidecar failed");
             eprintln!("secrets-sidecar: {e}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(code)
         }
     }
 }
@@ -114,6 +119,23 @@ fn print_config(c: &Config) {
             s.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
             s.dbname.as_ref().map(|d| format!(", dbname {d}")).unwrap_or_default(),
             c.output_dir.join(s.file_name()).display()
+        );
+    }
+    let names: Vec<String> =
+        c.secrets.iter().map(|s| s.name.clone()).chain(c.rds_iam.iter().map(|s| s.name.clone())).collect();
+    for t in &c.templates {
+        // Without --secret, a dev run's names come from the dev file: the inputs are known only at run.
+        let inputs = match t.inputs(&names) {
+            Ok(inputs) if !names.is_empty() => inputs.join(", "),
+            _ => "(secrets of the dev file, checked at start)".to_owned(),
+        };
+        println!(
+            "template {}: {} rendered from {}{} -> {}",
+            t.spec.name,
+            t.spec.path.display(),
+            inputs,
+            t.spec.from.as_ref().map(|f| format!(" (variables: the keys of {f})")).unwrap_or_default(),
+            c.output_dir.join(&t.spec.name).display()
         );
     }
     let d = humantime::format_duration;

@@ -25,6 +25,18 @@ pub enum CheckResult {
     error,
 }
 
+/// What a render of a `--template` did.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RenderResult {
+    /// Rendered and written.
+    ok,
+    /// Rendered to the bytes the file already held: left alone.
+    unchanged,
+    /// The render or the write failed; the last good file stays.
+    failed,
+}
+
 pub use crate::source::Operation;
 
 impl EncodeLabelValue for Operation {
@@ -53,6 +65,12 @@ pub struct ForcedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenderLabels {
+    pub template: String,
+    pub result: RenderResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretLabel {
     pub secret: String,
 }
@@ -65,6 +83,7 @@ pub struct Metrics {
     last_success: Family<SecretLabel, Gauge>,
     rotation: Family<SecretLabel, Gauge>,
     token_expiry: Family<SecretLabel, Gauge>,
+    renders: Family<RenderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +96,7 @@ impl Default for Metrics {
             last_success: Family::default(),
             rotation: Family::default(),
             token_expiry: Family::default(),
+            renders: Family::default(),
             registry: Registry::default(),
         };
         registry.register("checks", "Checks of a secret, by result", m.checks.clone());
@@ -93,6 +113,7 @@ impl Default for Metrics {
             "Unix time the published RDS IAM token of an rds-iam:// entry expires (alert when it nears time())",
             m.token_expiry.clone(),
         );
+        registry.register("template_renders", "Renders of a --template, by result", m.renders.clone());
         Metrics { registry, ..m }
     }
 }
@@ -125,6 +146,10 @@ impl Metrics {
         self.token_expiry.get_or_create(&label(secret)).set(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 
+    pub fn render(&self, template: &str, result: RenderResult) {
+        self.renders.get_or_create(&RenderLabels { template: template.to_owned(), result }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -146,6 +171,8 @@ mod tests {
         m.api_call("db", Operation::DescribeSecret);
         m.forced("db", false);
         m.success("db", UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000), true);
+        m.render("db_url", RenderResult::ok);
+        m.render("db_url", RenderResult::failed);
         let text = m.encode();
         for line in [
             r#"secrets_sidecar_checks_total{secret="db",result="unchanged"} 2"#,
@@ -154,6 +181,8 @@ mod tests {
             r#"secrets_sidecar_forced_refreshes_total{secret="db",fetched="false"} 1"#,
             r#"secrets_sidecar_last_success_timestamp_seconds{secret="db"} 1700000000"#,
             r#"secrets_sidecar_rotation_in_progress{secret="db"} 1"#,
+            r#"secrets_sidecar_template_renders_total{template="db_url",result="ok"} 1"#,
+            r#"secrets_sidecar_template_renders_total{template="db_url",result="failed"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -579,7 +579,8 @@ impl SecretTask {
 /// rendered dotenv file of `format=env`). The reason names no content.
 fn validate(format: Format, fetched: &Fetched) -> Result<Option<SecretValue>, String> {
     match format {
-        Format::Raw => Ok(None),
+        // A secret is never a template (a `--template` is rendered by [`crate::template`], not polled).
+        Format::Raw | Format::Template => Ok(None),
         Format::Json | Format::Env if fetched.binary => Err("SecretBinary needs format=raw".into()),
         Format::Json | Format::Env => match serde_json::from_slice::<serde_json::Value>(fetched.value.expose()) {
             Ok(serde_json::Value::Object(object)) if format == Format::Env => {

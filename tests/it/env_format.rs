@@ -21,16 +21,17 @@ use crate::common::{Moto, Sidecar, create_secret, rotate, venv_python};
 
 /// The three parsers the quoting is proven against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Parser {
+pub(crate) enum Parser {
     Sh,
     RubyDotenv,
     PythonDotenv,
 }
 
-const PARSERS: [Parser; 3] = [Parser::Sh, Parser::RubyDotenv, Parser::PythonDotenv];
+pub(crate) const PARSERS: [Parser; 3] = [Parser::Sh, Parser::RubyDotenv, Parser::PythonDotenv];
 
-/// What `parser` reads from `file` for each of `keys` (`None`: the key is missing), or why it failed.
-fn read_back(parser: Parser, file: &Path, keys: &[&str]) -> Result<Vec<Option<String>>, String> {
+/// What `parser` reads from `file` for each of `keys` (`None`: the key is missing), or why it failed. Also
+/// what `template_format` checks its README claim about `tojson` with.
+pub(crate) fn read_back(parser: Parser, file: &Path, keys: &[&str]) -> Result<Vec<Option<String>>, String> {
     if keys.is_empty() {
         // Every value was refused. (`printf` with no arguments would still print its format once.)
         return Ok(vec![]);
@@ -192,8 +193,14 @@ async fn an_env_secret_follows_a_rotation_atomically_and_a_bad_key_keeps_the_las
         let (path, stop) = (sidecar.dir().join("app.env"), stop.clone());
         move || {
             let mut seen = BTreeSet::new();
-            while !stop.load(Ordering::Relaxed) {
+            // One more read after `stop`, which comes after the new file is in place: a reader thread
+            // starved while the test waited still sees the new content.
+            loop {
+                let stopping = stop.load(Ordering::Relaxed);
                 seen.insert(std::fs::read_to_string(&path).unwrap_or_else(|e| format!("<read failed: {e}>")));
+                if stopping {
+                    break;
+                }
             }
             seen
         }

@@ -8,6 +8,8 @@
 //! - [`env_format`]: `format=env` files read back by sh, Ruby's and Python's dotenv; rotations, rejections.
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
 //! - [`http_edge`]: the listener under a storm of slow clients.
+//! - [`template_format`]: `--template` files through rotations, render and start-up errors; `urlencode`
+//!   read back by Python's and Ruby's URL parsers.
 //! - [`rds_iam`]: `rds-iam://` entries: the token file, forced re-signing, health, no credentials.
 //! - [`iam_token`]: the crate's RDS IAM tokens against botocore's, the reference signer.
 //!
@@ -25,3 +27,4 @@ mod forced_refresh;
 mod http_edge;
 mod iam_token;
 mod rds_iam;
+mod template_format;
