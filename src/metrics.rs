@@ -52,6 +52,27 @@ pub struct ForcedLabels {
     pub fetched: String,
 }
 
+/// How an on-change action's firing ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ActionOutcome {
+    ok,
+    failed,
+    timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The action's index among the `--on-change` entries, from 0.
+    pub action: String,
+    pub outcome: ActionOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretLabel {
     pub secret: String,
@@ -65,6 +86,8 @@ pub struct Metrics {
     last_success: Family<SecretLabel, Gauge>,
     rotation: Family<SecretLabel, Gauge>,
     token_expiry: Family<SecretLabel, Gauge>,
+    actions: Family<ActionLabels, Counter>,
+    action_last_ok: Family<ActionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -77,6 +100,8 @@ impl Default for Metrics {
             last_success: Family::default(),
             rotation: Family::default(),
             token_expiry: Family::default(),
+            actions: Family::default(),
+            action_last_ok: Family::default(),
             registry: Registry::default(),
         };
         registry.register("checks", "Checks of a secret, by result", m.checks.clone());
@@ -92,6 +117,16 @@ impl Default for Metrics {
             "rds_iam_token_expiry_timestamp_seconds",
             "Unix time the published RDS IAM token of an rds-iam:// entry expires (alert when it nears time())",
             m.token_expiry.clone(),
+        );
+        registry.register(
+            "actions",
+            "Firings of an --on-change action (retries included), by outcome",
+            m.actions.clone(),
+        );
+        registry.register(
+            "action_last_success_timestamp_seconds",
+            "Unix time an --on-change action last succeeded",
+            m.action_last_ok.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -125,6 +160,16 @@ impl Metrics {
         self.token_expiry.get_or_create(&label(secret)).set(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 
+    pub fn action(&self, action: usize, outcome: ActionOutcome, at: SystemTime) {
+        let action = action.to_string();
+        if outcome == ActionOutcome::ok {
+            let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let gauge = self.action_last_ok.get_or_create(&ActionLabel { action: action.clone() });
+            gauge.set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+        self.actions.get_or_create(&ActionLabels { action, outcome }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -146,6 +191,8 @@ mod tests {
         m.api_call("db", Operation::DescribeSecret);
         m.forced("db", false);
         m.success("db", UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000), true);
+        m.action(0, ActionOutcome::timeout, SystemTime::now());
+        m.action(0, ActionOutcome::ok, UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001));
         let text = m.encode();
         for line in [
             r#"secrets_sidecar_checks_total{secret="db",result="unchanged"} 2"#,
@@ -154,6 +201,9 @@ mod tests {
             r#"secrets_sidecar_forced_refreshes_total{secret="db",fetched="false"} 1"#,
             r#"secrets_sidecar_last_success_timestamp_seconds{secret="db"} 1700000000"#,
             r#"secrets_sidecar_rotation_in_progress{secret="db"} 1"#,
+            r#"secrets_sidecar_actions_total{action="0",outcome="timeout"} 1"#,
+            r#"secrets_sidecar_actions_total{action="0",outcome="ok"} 1"#,
+            r#"secrets_sidecar_action_last_success_timestamp_seconds{action="0"} 1700000001"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
