@@ -136,7 +136,7 @@ pub struct Settings {
     /// loopback http:// URL) or 'signal SIG pidfile=PATH|process=NAME', plus [timeout=10s] [debounce=5s]
     /// [initial=true]. Repeatable; the env var takes a ';'-separated list.
     #[arg(long = "on-change", env = "SIDECAR_ON_CHANGE", value_delimiter = ';', global = true,
-          value_name = "WATCH=ACTION", value_parser = parse_on_change_arg)]
+          value_name = "WATCH=ACTION", value_parser = parse_on_change_arg, hide_env_values = true)]
     pub on_change: Vec<OnChangeArg>,
 }
 

@@ -8,6 +8,7 @@
 //! - [`env_format`]: `format=env` files read back by sh, Ruby's and Python's dotenv; rotations, rejections.
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
 //! - [`http_edge`]: the listener under a storm of slow clients.
+//! - [`on_change`]: `--on-change` actions: an HTTP request after the file is in place, signals, debounce.
 //! - [`rds_iam`]: `rds-iam://` entries: the token file, forced re-signing, health, no credentials.
 //! - [`iam_token`]: the crate's RDS IAM tokens against botocore's, the reference signer.
 //!
@@ -24,4 +25,5 @@ mod env_format;
 mod forced_refresh;
 mod http_edge;
 mod iam_token;
+mod on_change;
 mod rds_iam;
