@@ -4,7 +4,7 @@
 //! value it booted with and its worker pid. The sidecar's `--on-change` action asks the control app for a
 //! phased restart after a rotation. A load loop (keep-alive and fresh connections) runs throughout.
 //!
-//! Asserted: one rotation → exactly one phased restart (Puma's own log line and `/stats` phase), after
+//! Puma's config is in [`puma_rb`] (see `queue_requests` there). Asserted: one rotation → exactly one phased restart (Puma's own log line and `/stats` phase), after
 //! which every worker answers with the new fingerprint; three rotations within the debounce → exactly
 //! one more; zero failed requests. The control: the same app without the action keeps the old value
 //! in every worker although the file has the new one.
@@ -52,6 +52,7 @@ directory "{dir}"
 rackup "{dir}/config.ru"
 environment "production"
 workers 2
+preload_app! false
 threads 2, 4
 bind "tcp://127.0.0.1:{port}"
 activate_control_app "tcp://127.0.0.1:{control_port}", {{ auth_token: File.read("{token}").strip }}
@@ -182,7 +183,9 @@ impl Drop for Puma {
 }
 
 /// Requests that never stop until told: two tasks on a keep-alive client, two opening a connection per
-/// request. Every answer other than 200, and every connection error, is a failure.
+/// request. Every answer other than 200, and every connection error, is a failure. (With
+/// `queue_requests false` Puma answers `Connection: close`, so the keep-alive client reconnects too; with
+/// the default it keeps its connections, and both kinds lost requests.)
 struct LoadLoop {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
