@@ -97,6 +97,9 @@ pub fn start(
         let timing = Timing::of(&spec);
         tracker.spawn(async move {
             let target = target(&spec.action);
+            tracing::info!(action = index, watch = %spec.watch.join("+"), target = %target,
+                debounce_ms = u64::try_from(spec.debounce.as_millis()).unwrap_or(u64::MAX), initial = spec.initial,
+                "on-change action armed");
             let fire = |names: &BTreeSet<String>, attempt: u32| {
                 let (spec, metrics, target) = (&spec, &metrics, &target);
                 let changed = names.iter().map(String::as_str).collect::<Vec<_>>().join(",");
