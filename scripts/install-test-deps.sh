@@ -2,7 +2,7 @@
 # Installs everything the test suite needs that cargo does not fetch itself:
 #  - the pinned Python tools (moto's Secrets Manager emulator, ...) in ./.venv;
 #  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord, Ruby's dotenv
-#    for the format=env round trips);
+#    for the format=env round trips, Puma + Rack for the phased-restart proof of --on-change);
 #  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord 7.2), a debootstrap root cached outside the
 #    clone (scripts/trixie-root.sh).
 # Idempotent: a second run only checks.
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 emulator_only=false
 [[ ${1:-} == --emulator-only ]] && emulator_only=true
 
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv binutils debootstrap openssl libpam-modules python3)
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3)
 
 missing=()
 $emulator_only && DEB_PACKAGES=()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The second Ruby stack the tests run on: a Debian 13 (trixie) root made with debootstrap, holding Ruby
-# 3.3, ActiveRecord 7.2, mysql2 and pg from Debian's own packages (no gem registry is needed or used). The
+# 3.3, ActiveRecord 7.2, mysql2, pg, and Puma 6.6 with Rack and dotenv from Debian's own packages (no gem registry is needed or used). The
 # Rails unit and end-to-end tests run `chroot ROOT ruby …` in it; the databases, the emulator and the
 # sidecar stay outside and are reached over 127.0.0.1.
 #
@@ -21,7 +21,7 @@ if [[ ${1:-} == --path ]]; then
 fi
 
 suite=trixie
-packages=ruby,ruby-activerecord,ruby-mysql2,ruby-pg
+packages=ruby,ruby-activerecord,ruby-mysql2,ruby-pg,puma,ruby-rack,ruby-dotenv
 stamp_file=.secrets-sidecar-root
 want="$suite minbase $packages"
 
@@ -51,7 +51,8 @@ if ! debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" > "$roo
   exit 1
 fi
 chroot "$tmp" ruby -e 'require "active_record"; require "mysql2"; require "pg"; require "minitest"
-  puts "    Ruby #{RUBY_VERSION}, activerecord #{ActiveRecord.version}, mysql2 #{Mysql2::VERSION}, pg #{PG::VERSION}"'
+  require "puma"; require "rack"; require "dotenv"
+  puts "    Ruby #{RUBY_VERSION}, activerecord #{ActiveRecord.version}, mysql2 #{Mysql2::VERSION}, pg #{PG::VERSION}, puma #{Puma::Const::PUMA_VERSION}"'
 echo "$want" > "$tmp/$stamp_file"
 rm -rf "$root"
 mv "$tmp" "$root"

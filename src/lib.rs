@@ -19,6 +19,8 @@
 //!   re-renders when an input changes and publishes like a secret.
 //! - [`changes`]: a counter per published name, raised after its file is in place; what renders or acts on
 //!   a change watches it.
+//! - [`actions`]: `--on-change` actions — an HTTP request to a loopback URL or a signal — one task each,
+//!   fired once per (debounced) change of the names they watch, after the file is in place.
 //! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
 //!   readiness latch. Only the poller writes it.
 //! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
@@ -31,6 +33,7 @@
 //! The facts about Secrets Manager and its emulator that this code relies on are in
 //! `docs/secrets-manager.md`.
 
+pub mod actions;
 pub mod backoff;
 pub mod changes;
 pub mod config;
@@ -78,6 +81,8 @@ pub enum RunError {
     DevName(String),
     #[error("--dev-secrets: cannot watch the file: {0}")]
     DevWatch(#[from] notify::Error),
+    #[error(transparent)]
+    OnChange(#[from] actions::UnknownName),
     #[error("cannot generate a token: no OS random source ({0})")]
     Random(getrandom::Error),
     /// A template's variables checked against the secrets of a `--dev-secrets` file: a configuration
@@ -181,6 +186,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         }
         SourceConfig::Aws { .. } => None,
     };
+
+    // After the pollers: an action's first look at the counters may already see the initial publish.
+    actions::start(&config.on_change, &store, poller.metrics_handle(), &tracker, cancel.clone())?;
 
     let state = http::AppState { store, poller, token: token.map(Arc::new), max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secrets_sidecar::RunError;
-use secrets_sidecar::config::{Cli, Command, Config, LogFormat, Settings, SourceConfig, TokenSetting};
+use secrets_sidecar::config::{
+    Action, Cli, Command, Config, LogFormat, Settings, SignalTarget, SourceConfig, TokenSetting,
+};
 use tracing_subscriber::EnvFilter;
 
 const EXIT_FAILURE: u8 = 1;
@@ -165,5 +167,32 @@ fn print_config(c: &Config) {
     );
     if let Some(m) = c.max_staleness {
         println!("max staleness: {}", d(m));
+    }
+    for (i, a) in c.on_change.iter().enumerate() {
+        let action = match &a.action {
+            Action::Http(h) => format!(
+                "http {} {}{}{}",
+                h.method,
+                h.display_url(),
+                if h.query.is_some() { "?<query not shown>" } else { "" },
+                h.token_file
+                    .as_ref()
+                    .map(|p| format!(", token from {} as query parameter {}", p.display(), h.token_param))
+                    .unwrap_or_default()
+            ),
+            Action::Signal { signal, target: SignalTarget::PidFile(p) } => {
+                format!("signal SIG{} to the pid in {}", signal.as_str(), p.display())
+            }
+            Action::Signal { signal, target: SignalTarget::Process(n) } => {
+                format!("signal SIG{} to every process named {n}", signal.as_str())
+            }
+        };
+        println!(
+            "on-change {i}: when {} changes: {action} (timeout {}, debounce {}, {})",
+            a.watch.join("+"),
+            d(a.timeout),
+            d(a.debounce),
+            if a.initial { "also after the initial publish" } else { "not at start" }
+        );
     }
 }

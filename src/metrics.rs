@@ -64,6 +64,27 @@ pub struct ForcedLabels {
     pub fetched: String,
 }
 
+/// How an on-change action's firing ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ActionOutcome {
+    ok,
+    failed,
+    timeout,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The action's index among the `--on-change` entries, from 0.
+    pub action: String,
+    pub outcome: ActionOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RenderLabels {
     pub template: String,
@@ -84,6 +105,8 @@ pub struct Metrics {
     rotation: Family<SecretLabel, Gauge>,
     token_expiry: Family<SecretLabel, Gauge>,
     renders: Family<RenderLabels, Counter>,
+    actions: Family<ActionLabels, Counter>,
+    action_last_ok: Family<ActionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -97,6 +120,8 @@ impl Default for Metrics {
             rotation: Family::default(),
             token_expiry: Family::default(),
             renders: Family::default(),
+            actions: Family::default(),
+            action_last_ok: Family::default(),
             registry: Registry::default(),
         };
         registry.register("checks", "Checks of a secret, by result", m.checks.clone());
@@ -114,6 +139,16 @@ impl Default for Metrics {
             m.token_expiry.clone(),
         );
         registry.register("template_renders", "Renders of a --template, by result", m.renders.clone());
+        registry.register(
+            "actions",
+            "Firings of an --on-change action (retries included), by outcome",
+            m.actions.clone(),
+        );
+        registry.register(
+            "action_last_success_timestamp_seconds",
+            "Unix time an --on-change action last succeeded",
+            m.action_last_ok.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -150,6 +185,16 @@ impl Metrics {
         self.renders.get_or_create(&RenderLabels { template: template.to_owned(), result }).inc();
     }
 
+    pub fn action(&self, action: usize, outcome: ActionOutcome, at: SystemTime) {
+        let action = action.to_string();
+        if outcome == ActionOutcome::ok {
+            let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let gauge = self.action_last_ok.get_or_create(&ActionLabel { action: action.clone() });
+            gauge.set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+        self.actions.get_or_create(&ActionLabels { action, outcome }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -173,6 +218,8 @@ mod tests {
         m.success("db", UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000), true);
         m.render("db_url", RenderResult::ok);
         m.render("db_url", RenderResult::failed);
+        m.action(0, ActionOutcome::timeout, SystemTime::now());
+        m.action(0, ActionOutcome::ok, UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001));
         let text = m.encode();
         for line in [
             r#"secrets_sidecar_checks_total{secret="db",result="unchanged"} 2"#,
@@ -183,6 +230,9 @@ mod tests {
             r#"secrets_sidecar_rotation_in_progress{secret="db"} 1"#,
             r#"secrets_sidecar_template_renders_total{template="db_url",result="ok"} 1"#,
             r#"secrets_sidecar_template_renders_total{template="db_url",result="failed"} 1"#,
+            r#"secrets_sidecar_actions_total{action="0",outcome="timeout"} 1"#,
+            r#"secrets_sidecar_actions_total{action="0",outcome="ok"} 1"#,
+            r#"secrets_sidecar_action_last_success_timestamp_seconds{action="0"} 1700000001"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -11,6 +11,8 @@
 //! - [`rails_rotation`]: a Rails app survives rotations on both stacks; the failure budget; controls.
 //! - [`rails_file_only`]: the hook with the credentials file alone, no endpoint.
 //! - [`iam_servers`]: the IAM servers accept a token only over TLS and refuse every forgery.
+//! - [`puma_restart`]: Puma in cluster mode (both stacks) gets a phased restart from an `--on-change`
+//!   action after a rotation of a boot-time secret, with no failed request; one restart for a burst of three.
 //! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
 
 #[path = "../common/mod.rs"]
@@ -20,6 +22,7 @@ mod load;
 
 mod iam_rails;
 mod iam_servers;
+mod puma_restart;
 mod rails_file_only;
 mod rails_rotation;
 mod servers;

@@ -37,12 +37,23 @@ async fn invalid_command_lines_exit_2_naming_the_offending_value() {
         (&["run", "--secret", "db=a", "--log-format", "xml"], &[], "xml"),
         (&["run", "--secret", "db=a", "--endpoint-url", "localhost:4566"], &[], "localhost:4566"),
         (&["--bogus-flag"], &[], "--bogus-flag"),
+        (
+            &["run", "--secret", "app=a"],
+            &[("SIDECAR_ON_CHANGE", "app=signal HUP pidfile=/p;app+redis=signal USR1 pidfile=/p")],
+            "invalid --on-change \"app+redis=signal USR1 pidfile=/p\": watched name \"redis\" is not a configured secret",
+        ),
+        (
+            &["run", "--secret", "app=a", "--on-change", "app=http GET http://169.254.170.2/v2/credentials?leak=me"],
+            &[],
+            "URL \"http://169.254.170.2/v2/credentials\": the host must be loopback",
+        ),
     ];
     for (args, env, needle) in cases {
         let out = sidecar(args, env).await;
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{args:?} {env:?}: expected {needle:?} in {}", stderr(&out));
         assert!(out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("started"));
+        assert!(!stderr(&out).contains("leak=me"), "a URL's query is never repeated: {}", stderr(&out));
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`http_edge`]: the listener under a storm of slow clients.
 //! - [`template_format`]: `--template` files through rotations, render and start-up errors; `urlencode`
 //!   read back by Python's and Ruby's URL parsers.
+//! - [`on_change`]: `--on-change` actions: an HTTP request after the file is in place, signals, debounce.
 //! - [`rds_iam`]: `rds-iam://` entries: the token file, forced re-signing, health, no credentials.
 //! - [`iam_token`]: the crate's RDS IAM tokens against botocore's, the reference signer.
 //!
@@ -26,5 +27,6 @@ mod env_format;
 mod forced_refresh;
 mod http_edge;
 mod iam_token;
+mod on_change;
 mod rds_iam;
 mod template_format;
