@@ -124,19 +124,21 @@ pub struct Load {
     _dir: tempfile::TempDir,
 }
 
-/// Copies `tests/db/load.rb` and `contrib/ruby/lib` into `dir` (for a stack that cannot see the repo).
-fn stage_ruby_files(dir: &Path) {
-    fn copy_tree(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap().flatten() {
-            let (src, dst) = (e.path(), to.join(e.file_name()));
-            if src.is_dir() {
-                copy_tree(&src, &dst);
-            } else {
-                std::fs::copy(&src, &dst).unwrap_or_else(|err| panic!("copy {}: {err}", src.display()));
-            }
+/// Copies the directory tree `from` to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap_or_else(|err| panic!("copy {}: {err}", src.display()));
         }
     }
+}
+
+/// Copies `tests/db/load.rb` and `contrib/ruby/lib` into `dir` (for a stack that cannot see the repo).
+fn stage_ruby_files(dir: &Path) {
     copy_tree(&repo().join("contrib/ruby/lib"), &dir.join("lib"));
     std::fs::copy(repo().join("tests/db/load.rb"), dir.join("load.rb")).unwrap();
 }

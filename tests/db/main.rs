@@ -13,6 +13,8 @@
 //! - [`iam_servers`]: the IAM servers accept a token only over TLS and refuse every forgery.
 //! - [`puma_restart`]: Puma in cluster mode (both stacks) gets a phased restart from an `--on-change`
 //!   action after a rotation of a boot-time secret, with no failed request; one restart for a burst of three.
+//! - [`rails_puma`]: both together — a Rails-style app under Puma (both stacks) keeps working across rotations
+//!   of its database password (the hook) and of a boot-time secret (phased restart), with no failed request.
 //! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
 
 #[path = "../common/mod.rs"]
@@ -24,6 +26,7 @@ mod iam_rails;
 mod iam_servers;
 mod puma_restart;
 mod rails_file_only;
+mod rails_puma;
 mod rails_rotation;
 mod servers;
 

@@ -25,7 +25,7 @@ use crate::common::{Moto, Sidecar, create_secret, db, free_port, rotate};
 use crate::load::Stack;
 
 const PUMA: &str = "/usr/bin/puma";
-const PHASE_LOG: &str = "- Starting phased worker restart, phase: ";
+pub(crate) const PHASE_LOG: &str = "- Starting phased worker restart, phase: ";
 
 /// The Rack app: reads the env file at boot, as `Dotenv.overload` in `config/boot.rb` would, and answers
 /// the SHA-256 prefix of the value it booted with plus its pid.
@@ -69,7 +69,7 @@ queue_requests false
     )
 }
 
-fn fingerprint(value: &str) -> String {
+pub(crate) fn fingerprint(value: &str) -> String {
     let out = std::process::Command::new("ruby")
         .args(["-rdigest", "-e", "print Digest::SHA256.hexdigest(STDIN.read)[0, 12]"])
         .stdin(Stdio::piped())
@@ -85,7 +85,7 @@ fn fingerprint(value: &str) -> String {
 }
 
 /// Fails (never skips) when the stack lacks Puma, Rack or dotenv, naming how to get them.
-fn require_puma(stack: &Stack) {
+pub(crate) fn require_puma(stack: &Stack) {
     let mut probe = stack.ruby();
     probe.args(["-e", "require 'rack'; require 'dotenv'; require 'puma'; print Puma::Const::PUMA_VERSION"]);
     let probe = probe.output();
@@ -115,28 +115,42 @@ fn puma_command(stack: &Stack) -> std::process::Command {
 }
 
 /// A running Puma master; TERM and a wait on drop.
-struct Puma {
+pub(crate) struct Puma {
     child: std::process::Child,
     log: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     control_port: u16,
-    token: String,
+    pub(crate) token: String,
 }
 
 impl Puma {
     /// Starts Puma on `stack` on `port` with its control app on `control_port`, reading its token from
     /// `token_file`. Every path is inside `dir`, a scratch directory of the stack.
-    fn start(stack: &Stack, dir: &Path, env_file: &Path, (port, control_port): (u16, u16), token_file: &Path) -> Puma {
+    fn start(stack: &Stack, dir: &Path, env_file: &Path, ports: (u16, u16), token_file: &Path) -> Puma {
+        let env = [("APP_ENV_FILE", stack.inner_path(env_file).display().to_string())];
+        Puma::start_app(stack, dir, CONFIG_RU, &env, ports, token_file)
+    }
+
+    /// [`Puma::start`] with another Rack app (`config_ru`) and environment (`env`, paths as the stack sees
+    /// them); the same Puma config.
+    pub(crate) fn start_app(
+        stack: &Stack,
+        dir: &Path,
+        config_ru: &str,
+        env: &[(&str, String)],
+        (port, control_port): (u16, u16),
+        token_file: &Path,
+    ) -> Puma {
         let token = std::fs::read_to_string(token_file).unwrap().trim().to_owned();
         let inner = |p: &Path| stack.inner_path(p);
-        std::fs::write(dir.join("config.ru"), CONFIG_RU).unwrap();
+        std::fs::write(dir.join("config.ru"), config_ru).unwrap();
         std::fs::write(dir.join("puma.rb"), puma_rb(&inner(dir), port, control_port, &inner(token_file))).unwrap();
         let log = dir.join("puma.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = puma_command(stack)
             .args(["-C", &inner(&dir.join("puma.rb")).display().to_string()])
             .current_dir(dir)
-            .env("APP_ENV_FILE", inner(env_file))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("SECRET_KEY_BASE")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -146,22 +160,22 @@ impl Puma {
         Puma { child, log, port, control_port, token }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Phased restarts Puma logged so far.
-    fn phased_restarts(&self) -> usize {
+    pub(crate) fn phased_restarts(&self) -> usize {
         self.log_text().lines().filter(|l| l.contains(PHASE_LOG)).count()
     }
 
-    async fn stats(&self) -> Option<Value> {
+    pub(crate) async fn stats(&self) -> Option<Value> {
         let url = format!("http://127.0.0.1:{}/stats?token={}", self.control_port, self.token);
         reqwest::get(url).await.ok()?.json().await.ok()
     }
 
     /// Waits until the master is in `phase` with every worker of that phase booted.
-    async fn wait_phase(&self, phase: u64, timeout: Duration) -> Value {
+    pub(crate) async fn wait_phase(&self, phase: u64, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.stats().await {
@@ -180,7 +194,7 @@ impl Puma {
 
     /// Asks over fresh connections until every worker of `stats` has answered; returns the fingerprints
     /// seen and the pids that answered.
-    async fn ask_every_worker(&self, stats: &Value) -> (BTreeSet<String>, BTreeSet<u64>) {
+    pub(crate) async fn ask_every_worker(&self, stats: &Value) -> (BTreeSet<String>, BTreeSet<u64>) {
         let want: BTreeSet<u64> =
             stats["worker_status"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -188,7 +202,9 @@ impl Puma {
         for _ in 0..400 {
             let body =
                 client.get(format!("http://127.0.0.1:{}/", self.port)).send().await.unwrap().text().await.unwrap();
-            let (fp, pid) = body.split_once(' ').unwrap();
+            let (fp, pid) = body
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("not an app's answer: {body:?}; log:\n{}", db::tail(&self.log, 40)));
             fingerprints.insert(fp.to_owned());
             pids.insert(pid.parse().unwrap());
             if pids.is_superset(&want) {
@@ -210,7 +226,7 @@ impl Drop for Puma {
 /// request. Every answer other than 200, and every connection error, is a failure. (With
 /// `queue_requests false` Puma answers `Connection: close`, so the keep-alive client reconnects too; with
 /// the default it keeps its connections, and both kinds lost requests.)
-struct LoadLoop {
+pub(crate) struct LoadLoop {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -218,7 +234,7 @@ struct LoadLoop {
 }
 
 impl LoadLoop {
-    fn start(port: u16) -> LoadLoop {
+    pub(crate) fn start(port: u16) -> LoadLoop {
         let (stop, ok, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::default());
         let keep_alive = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
         let tasks = (0..4)
@@ -258,7 +274,7 @@ impl LoadLoop {
         LoadLoop { stop, ok, failures, tasks }
     }
 
-    async fn finish(self) -> (u64, Vec<String>) {
+    pub(crate) async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
@@ -267,7 +283,7 @@ impl LoadLoop {
     }
 }
 
-fn secret(v: &str) -> String {
+pub(crate) fn secret(v: &str) -> String {
     json!({ "SECRET_KEY_BASE": v }).to_string()
 }
 

@@ -46,17 +46,17 @@ use crate::common::{
 use crate::load::{self, Load, LoadResult, Stack, epoch_now, tail};
 use serde_json::{Value, json};
 
-const SECRET_ID: &str = "rds!cluster-e2e";
-const SECRET_NAME: &str = "db";
+pub(crate) const SECRET_ID: &str = "rds!cluster-e2e";
+pub(crate) const SECRET_NAME: &str = "db";
 /// Upper bound for finishSecret → new file: one rotation poll (2 s) plus AWS and write time, with room
 /// for a loaded machine. The refresh interval is 30 s, so staying under this proves rotation awareness.
-const MAX_FILE_DELAY: Duration = Duration::from_secs(8);
+pub(crate) const MAX_FILE_DELAY: Duration = Duration::from_secs(8);
 
 /// Least time between two setSecret steps. The sidecar force-fetches at most once per `--min-refresh-gap`
 /// (default 5 s): a rotation that starts within the gap of the previous forced refresh is invisible to
 /// the app's refresh calls until the gap ends, longer than the hook's 2.5 s retry budget. Real rotations
 /// are days apart; the test keeps them just outside the gap.
-const MIN_ROTATION_SPACING: Duration = Duration::from_secs(6);
+pub(crate) const MIN_ROTATION_SPACING: Duration = Duration::from_secs(6);
 
 /// The README's failure budget (Rails section, "When the credentials never work"): the hook's 3 logins
 /// within 2.5 s of the first refusal, plus ActiveRecord 7.1+'s one reconnect backoff of 0.1 s.
@@ -65,7 +65,7 @@ const DOCUMENTED_FAILURE_SECONDS: f64 = 2.6;
 /// What the test allows on a shared 2-core machine: the documented budget plus process and login time.
 const MAX_FAILURE_SECONDS: f64 = DOCUMENTED_FAILURE_SECONDS + 0.6;
 
-fn secret_value(password: &str) -> String {
+pub(crate) fn secret_value(password: &str) -> String {
     json!({"username": db::APP_USER, "password": password}).to_string()
 }
 
@@ -73,23 +73,23 @@ fn secret_value(password: &str) -> String {
 // Rotations
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Style {
+pub(crate) enum Style {
     /// AWS's single-user rotation Lambda: pending → ALTER USER → pause → finishSecret.
     SingleUserLambda,
     /// RDS-managed: the DB password changes and AWSCURRENT moves right after.
     RdsManaged,
 }
 
-struct Rotation {
-    style: Style,
+pub(crate) struct Rotation {
+    pub(crate) style: Style,
     /// finishSecret returned → the file holds the new password.
-    file_delay: Duration,
+    pub(crate) file_delay: Duration,
     /// When setSecret changed the DB password (epoch seconds).
-    set_at: f64,
+    pub(crate) set_at: f64,
 }
 
 /// The database a rotation changes (ALTER USER / ALTER ROLE via the admin socket).
-trait RotatingDb: Send + Sync {
+pub(crate) trait RotatingDb: Send + Sync {
     fn set_password(&self, user: &str, password: &str);
     /// Refused logins, from the server's own log.
     fn auth_failures(&self, user: &str) -> usize;
@@ -120,7 +120,7 @@ impl RotatingDb for Postgres {
 }
 
 /// A private database server for `adapter`, and its port.
-async fn start_db(adapter: &str) -> (Arc<dyn RotatingDb>, u16) {
+pub(crate) async fn start_db(adapter: &str) -> (Arc<dyn RotatingDb>, u16) {
     if adapter == "mysql2" {
         let m = tokio::task::spawn_blocking(MariaDb::start).await.unwrap();
         let port = m.port();
@@ -160,7 +160,7 @@ async fn wait_for_file_password(file: &Path, password: &str, limit: Duration) ->
     }
 }
 
-async fn rotate(
+pub(crate) async fn rotate(
     sm: &aws_sdk_secretsmanager::Client,
     db: &Arc<dyn RotatingDb>,
     out_dir: &Path,
@@ -228,29 +228,42 @@ struct Outcome {
 /// The moto + sidecar half of a scenario: the secret `db` holding `password`, the sidecar's output
 /// directory in a scratch directory the stack's Ruby can read, and the `secrets_sidecar:` block that
 /// README recommends (file, url, token_file), with paths as the Ruby process sees them.
-struct SidecarSide {
+pub(crate) struct SidecarSide {
     // Kept running for as long as the scenario runs.
     _moto: common::Moto,
-    sm: aws_sdk_secretsmanager::Client,
-    sidecar: common::Sidecar,
-    out_dir: PathBuf,
-    settings: Value,
-    _scratch: tempfile::TempDir,
+    pub(crate) sm: aws_sdk_secretsmanager::Client,
+    pub(crate) sidecar: common::Sidecar,
+    pub(crate) out_dir: PathBuf,
+    pub(crate) settings: Value,
+    pub(crate) scratch: tempfile::TempDir,
 }
 
 async fn start_sidecar(stack: &Stack, password: &str) -> SidecarSide {
+    start_sidecar_with(stack, password, &[], |b, _| b).await
+}
+
+/// [`start_sidecar`], with more secrets in moto (`(id, value)`) and more of the sidecar's command line
+/// from `more` (given the builder and the scratch directory, for files the test shares with the sidecar).
+pub(crate) async fn start_sidecar_with(
+    stack: &Stack,
+    password: &str,
+    more_secrets: &[(&str, &str)],
+    more: impl FnOnce(common::SidecarBuilder, &Path) -> common::SidecarBuilder,
+) -> SidecarSide {
     let moto = common::Moto::start().await;
     let sm = moto.client().await;
     common::create_secret(&sm, SECRET_ID, &secret_value(password)).await;
+    for (id, value) in more_secrets {
+        common::create_secret(&sm, id, value).await;
+    }
     let scratch = stack.scratch_dir("sidecar-e2e-");
     let out_dir = scratch.path().join("secrets");
-    let sidecar = common::Sidecar::builder(&moto)
+    let builder = common::Sidecar::builder(&moto)
         .secret(SECRET_NAME, SECRET_ID)
         .arg("--refresh-interval")
         .arg("30s")
-        .dir(&out_dir)
-        .spawn()
-        .await;
+        .dir(&out_dir);
+    let sidecar = more(builder, scratch.path()).spawn().await;
     sidecar.wait_ready().await;
     let token_file = out_dir.join(".token");
     assert!(token_file.exists(), "the sidecar wrote no token file at {}", token_file.display());
@@ -259,7 +272,7 @@ async fn start_sidecar(stack: &Stack, password: &str) -> SidecarSide {
         "url": format!("{}/v1/secrets/{SECRET_NAME}", sidecar.base_url()),
         "token_file": stack.inner_path(&token_file),
     });
-    SidecarSide { _moto: moto, sm, sidecar, out_dir, settings, _scratch: scratch }
+    SidecarSide { _moto: moto, sm, sidecar, out_dir, settings, scratch }
 }
 
 async fn run(s: Scenario) -> Outcome {
