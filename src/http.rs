@@ -1,28 +1,33 @@
 //! The HTTP face: secrets served from memory on a loopback address. How connections are accepted, timed
 //! out and capped is [`crate::serve`]'s concern; this module is the routes.
 //!
-//! Every `/v1/` route needs `X-Secrets-Sidecar-Token`, compared in constant time. A request carrying
+//! Every path under `/v1/` needs `X-Secrets-Sidecar-Token`, compared in constant time. A request carrying
 //! `X-Forwarded-For` is refused on every route: a proxied request did not come from inside the task, and the
-//! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Every error —
+//! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Both checks are
+//! one layer, [`Guard`], in front of the router's every route and fallback; a refusal is answered without
+//! allocating a future. Every error —
 //! ours, the router's 404 and 405, a malformed path or query, a timeout — leaves through [`ApiError`] as
 //! `{"error": "…"}` built by serde, with fixed texts: no internal detail and no secret material can reach a
 //! body. One last layer sets `Cache-Control: no-store` on every answer. The handlers read the store; the only way
 //! they reach AWS is the poller's refresh.
 
+use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::future::Either;
 use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tower::util::MapResponseLayer;
+use tower::{Layer, Service};
 
 use crate::config::Format;
 use crate::poller::Poller;
@@ -30,6 +35,11 @@ use crate::secret::{SecretString, SecretValue};
 use crate::store::{Store, Version};
 
 pub const TOKEN_HEADER: &str = "x-secrets-sidecar-token";
+const TOKEN_HEADER_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Every path with this prefix needs the token, whether a route matches it or not (a 404 or 405 under
+/// `/v1/` tells nothing to a client without the token).
+const TOKEN_PREFIX: &str = "/v1/";
 /// How long `POST …/refresh` waits for its check before answering 504 — the one request that can block
 /// (a check is up to three Secrets Manager calls of at most 10 s each, and may first wait for a running
 /// one). A check that takes longer is not cancelled: it finishes in the secret's task, and the next read
@@ -56,15 +66,15 @@ pub fn app(state: AppState) -> Router {
         // A static segment beats `{key}` in the router, so GET of a key literally named "refresh" is
         // routed here and answered as a key lookup.
         .route("/v1/secrets/{name}/refresh", get(get_refresh_key).post(refresh))
-        .route("/v1/secrets/{name}/{key}", get(get_key))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/v1/secrets/{name}/{key}", get(get_key));
+    let guard = Guard { token: state.token.clone() };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(refuse_forwarded))
+        .layer(guard)
         // A plain function, not an async middleware: it runs on every answer.
         .layer(MapResponseLayer::new(last_word))
         .with_state(state)
@@ -145,21 +155,64 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.poller.metrics().encode()).into_response()
 }
 
-async fn refuse_forwarded(req: Request, next: Next) -> Response {
-    if req.headers().contains_key("x-forwarded-for") {
-        return ApiError::BadRequest("proxied requests (X-Forwarded-For) are refused").into_response();
-    }
-    next.run(req).await
+/// The checks every request passes before it is routed: no `X-Forwarded-For` anywhere, and the token
+/// under [`TOKEN_PREFIX`]. Two header lookups and a constant-time compare; an answer that passes costs no
+/// allocation (issue 11: the two `middleware::from_fn` layers it replaces boxed a future each per request).
+#[derive(Clone)]
+struct Guard {
+    /// `None` with `--no-token`.
+    token: Option<Arc<SecretString>>,
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &state.token {
-        let given = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-        if !bool::from(given.ct_eq(expected.expose().as_bytes())) {
-            return ApiError::Unauthorized.into_response();
+impl<S> Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded { inner, token: self.token.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct Guarded<S> {
+    inner: S,
+    token: Option<Arc<SecretString>>,
+}
+
+impl<S> Service<Request> for Guarded<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match refusal(&req, self.token.as_deref()) {
+            Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
+            None => Either::Right(self.inner.call(req)),
         }
     }
-    next.run(req).await
+}
+
+/// Why `req` is refused before routing, if it is. A forwarded request is refused first, token or not.
+fn refusal(req: &Request, token: Option<&SecretString>) -> Option<ApiError> {
+    let headers = req.headers();
+    if headers.contains_key(X_FORWARDED_FOR) {
+        return Some(ApiError::BadRequest("proxied requests (X-Forwarded-For) are refused"));
+    }
+    if let Some(expected) = token
+        && req.uri().path().starts_with(TOKEN_PREFIX)
+    {
+        let given = headers.get(TOKEN_HEADER_NAME).map(|v| v.as_bytes()).unwrap_or_default();
+        if !bool::from(given.ct_eq(expected.expose().as_bytes())) {
+            return Some(ApiError::Unauthorized);
+        }
+    }
+    None
 }
 
 #[derive(Serialize)]
@@ -353,6 +406,11 @@ mod tests {
 
     /// [`router`] with `db` in another format.
     async fn router_with(dir: &std::path::Path, dev_json: &str, format: Format) -> Router {
+        router_full(dir, dev_json, format, Some("tok")).await
+    }
+
+    /// [`router_with`] with another token setting (`None`: `--no-token`).
+    async fn router_full(dir: &std::path::Path, dev_json: &str, format: Format, token: Option<&str>) -> Router {
         let dev = dir.join("dev.json");
         std::fs::write(&dev, dev_json).unwrap();
         let out = dir.join("out");
@@ -376,7 +434,7 @@ mod tests {
         app(AppState {
             store,
             poller,
-            token: Some(Arc::new(SecretString::from("tok".to_owned()))),
+            token: token.map(|t| Arc::new(SecretString::from(t.to_owned()))),
             max_staleness: None,
         })
     }
@@ -447,6 +505,85 @@ mod tests {
             assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
         }
         assert_eq!(call(&app, "GET", "/healthz", &[("x-forwarded-for", "1.2.3.4")]).await.0, StatusCode::BAD_REQUEST);
+    }
+
+    /// One layer guards everything (issue 11): `X-Forwarded-For` is refused on every route, the fallbacks
+    /// included, and the token is required on every path under `/v1/` — routed or not — and nowhere else.
+    #[tokio::test]
+    async fn the_guard_covers_every_route_and_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(dir.path(), r#"{"db": {"password": "pw-not-in-bodies"}}"#).await;
+        let xff = ("x-forwarded-for", "10.0.0.1");
+        for (method, uri) in [
+            ("GET", "/healthz"),
+            ("GET", "/metrics"),
+            ("GET", "/nothing"),
+            ("POST", "/healthz"),
+            ("GET", "/v1/secrets"),
+            ("GET", "/v1/secrets/db"),
+            ("GET", "/v1/secrets/db/password"),
+            ("POST", "/v1/secrets/db/refresh"),
+            ("GET", "/v1/nothing-here"),
+        ] {
+            let (s, h, body) = call(&app, method, uri, &[TOKEN, xff]).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {uri} with X-Forwarded-For: {body}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{method} {uri}");
+            assert!(body.contains("X-Forwarded-For"), "{method} {uri}: {body}");
+        }
+        for (method, uri) in [
+            ("GET", "/v1/secrets"),
+            ("GET", "/v1/secrets/db"),
+            ("GET", "/v1/secrets/db/password"),
+            ("GET", "/v1/secrets/db/refresh"),
+            ("POST", "/v1/secrets/db/refresh"),
+            ("GET", "/v1/nothing-here"),
+            ("DELETE", "/v1/secrets/db"),
+        ] {
+            let (s, h, body) = call(&app, method, uri, &[]).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {uri} without a token: {body}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{method} {uri}");
+            assert_eq!(body, r#"{"error":"missing or wrong X-Secrets-Sidecar-Token"}"#);
+        }
+        for (uri, want) in [
+            ("/healthz", StatusCode::SERVICE_UNAVAILABLE),
+            ("/metrics", StatusCode::OK),
+            ("/nothing", StatusCode::NOT_FOUND),
+            ("/v1", StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(call(&app, "GET", uri, &[]).await.0, want, "{uri} needs no token");
+        }
+    }
+
+    /// Paths that dodge the `/v1/` prefix test must not reach a `/v1/` handler either.
+    async fn secret_reachable_without_token(app: &Router) -> Vec<String> {
+        let mut reached = Vec::new();
+        for uri in [
+            "/v1/secrets/db",
+            "//v1/secrets/db",
+            "/V1/secrets/db",
+            "/%76%31/secrets/db",
+            "/./v1/secrets/db",
+            "/healthz/../v1/secrets/db",
+            "http://127.0.0.1/v1/secrets/db",
+        ] {
+            let (s, _, body) = call(app, "GET", uri, &[]).await;
+            if s == StatusCode::OK || body.contains("pw-not-in-bodies") {
+                reached.push(format!("{uri} ({s})"));
+            }
+        }
+        reached
+    }
+
+    #[tokio::test]
+    async fn no_spelling_of_a_path_reaches_a_secret_without_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(dir.path(), r#"{"db": {"password": "pw-not-in-bodies"}}"#).await;
+        assert_eq!(secret_reachable_without_token(&app).await, Vec::<String>::new());
+        // Negative control: without a token (--no-token) the same probe does reach the secret.
+        let dir = tempfile::tempdir().unwrap();
+        let open = router_full(dir.path(), r#"{"db": {"password": "pw-not-in-bodies"}}"#, Format::Json, None).await;
+        let reached = secret_reachable_without_token(&open).await;
+        assert!(reached.iter().any(|r| r.starts_with("/v1/secrets/db ")), "{reached:?}");
     }
 
     /// Issue 8: 405s and the router's Path/Query rejections answered text/plain or an empty body, without
