@@ -260,7 +260,8 @@ async fn get_secret(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     query: Result<Query<StageQuery>, QueryRejection>,
-    headers: HeaderMap,
+    // The request itself, not the `HeaderMap` extractor: that one clones every header per request.
+    req: Request,
 ) -> Result<Response, ApiError> {
     let (Path(name), Query(q)) = (name?, query?);
     let pending = match q.stage.as_deref() {
@@ -278,12 +279,14 @@ async fn get_secret(
         (None, false) => return Err(ApiError::NotReady),
         (None, true) => return Err(ApiError::NotFound("no readable pending version")),
     };
-    if if_none_match(&headers, &version.etag) {
+    if let Some(etag) = &version.etag
+        && if_none_match(req.headers(), etag)
+    {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         set_etag(&mut res, &version.etag);
         return Ok(res);
     }
-    let etag = HeaderValue::from_str(&version.etag).ok();
+    let etag = version.etag.clone();
     let (content_type, body) = match format {
         // The body shares the published bytes: no copy of the value per request.
         Format::Json => ("application/json", Bytes::from_owner(SharedValue(version))),
@@ -375,7 +378,8 @@ impl AsRef<[u8]> for RenderedValue {
 }
 
 /// `If-None-Match` as RFC 9110 has it: `*`, or a list of (possibly weak) tags.
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Ok(etag) = etag.to_str() else { return false };
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -383,9 +387,9 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag))
 }
 
-fn set_etag(res: &mut Response, etag: &str) {
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        res.headers_mut().insert(header::ETAG, v);
+fn set_etag(res: &mut Response, etag: &Option<HeaderValue>) {
+    if let Some(v) = etag {
+        res.headers_mut().insert(header::ETAG, v.clone());
     }
 }
 
@@ -619,12 +623,13 @@ mod tests {
 
     #[test]
     fn if_none_match_handles_lists_weak_tags_and_star() {
+        let (v1, v2) = (HeaderValue::from_static("\"v1\""), HeaderValue::from_static("\"v2\""));
         let mut h = HeaderMap::new();
-        assert!(!if_none_match(&h, "\"v1\""));
+        assert!(!if_none_match(&h, &v1));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"v0\", W/\"v1\""));
-        assert!(if_none_match(&h, "\"v1\""));
-        assert!(!if_none_match(&h, "\"v2\""));
+        assert!(if_none_match(&h, &v1));
+        assert!(!if_none_match(&h, &v2));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert!(if_none_match(&h, "\"v2\""));
+        assert!(if_none_match(&h, &v2));
     }
 }
