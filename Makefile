@@ -10,8 +10,10 @@ TARGET ?= $(shell uname -m)-unknown-linux-gnu
 # falls back to /dev/urandom; naming the backend makes the binary use the syscall and need no /dev.
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
+# The bare axum server `make bench` compares the sidecar with (bench/ceiling).
+CEILING := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/ceiling
 
-.PHONY: demo demo-dev test lint fmt release check-release deps bench bench-footprint
+.PHONY: demo demo-dev test lint fmt release ceiling check-release deps bench bench-deps bench-smoke bench-publish bench-storm
 
 ## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
 # Falls back to the dev-file demo where Python's venv (for the emulator) is missing.
@@ -37,6 +39,7 @@ deps:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked -p secrets-sidecar-bench-ceiling -- -D warnings
 
 fmt:
 	$(CARGO) fmt
@@ -50,10 +53,26 @@ release:
 check-release: release
 	scripts/check-release.sh "$(BIN)"
 
-## bench: what atomic publication costs (cargo bench) and the running sidecar's memory and latency.
-bench: bench-footprint
+## ceiling: the bare axum server of `make bench`, built exactly as `make release` builds the sidecar.
+ceiling:
+	RUSTFLAGS='$(RELEASE_RUSTFLAGS)' $(CARGO) build --locked --release --target $(TARGET) -p secrets-sidecar-bench-ceiling
+
+## bench: the sidecar (1/20/200 secrets against moto) against the ceiling; medians of alternated rounds.
+# BENCH_ROUNDS, BENCH_SECONDS, BENCH_SECRETS, BENCH_REQUESTS shorten it (bench/bench.py --help).
+bench: release ceiling bench-deps
+	.venv/bin/python bench/bench.py "$(BIN)" "$(CEILING)"
+
+## bench-smoke: one short round of the smallest configuration, every column filled; scripts/test.sh runs it.
+bench-smoke: release ceiling bench-deps
+	.venv/bin/python bench/bench.py "$(BIN)" "$(CEILING)" --rounds 1 --seconds 1 --secrets 1 --requests 10000
+
+bench-deps:
+	scripts/install-test-deps.sh --bench
+
+## bench-publish: what atomic publication costs (cargo bench).
+bench-publish:
 	$(CARGO) bench --locked --bench publish
 
-bench-footprint: release
-	scripts/install-test-deps.sh --emulator-only
-	.venv/bin/python bench/footprint.py "$(BIN)"
+## bench-storm: 500 slow local clients against the release binary (issue 8).
+bench-storm: release bench-deps
+	.venv/bin/python bench/storm.py "$(BIN)"

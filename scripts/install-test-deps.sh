@@ -7,15 +7,21 @@
 #    clone (scripts/trixie-root.sh).
 # Idempotent: a second run only checks.
 # --emulator-only: just the Python venv (what `make demo` needs).
+# --bench: the venv and wrk, the load generator of `make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 emulator_only=false
-[[ ${1:-} == --emulator-only ]] && emulator_only=true
+[[ ${1:-} == --emulator-only || ${1:-} == --bench ]] && emulator_only=true
 
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3)
+# wrk: scripts/test.sh runs one short round of `make bench`.
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk)
 
 missing=()
-$emulator_only && DEB_PACKAGES=()
+if [[ ${1:-} == --bench ]]; then
+  DEB_PACKAGES=(wrk)
+elif $emulator_only; then
+  DEB_PACKAGES=()
+fi
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, in one run: the Rust unit and integration tests (moto, real MariaDB and
-# PostgreSQL, real Ruby on two stacks), the Ruby unit tests on both stacks, the deployment-file tests
-# and the release-binary checks.
+# PostgreSQL, real Ruby on two stacks), the Ruby unit tests on both stacks, the deployment-file tests,
+# the release-binary checks and one short round of `make bench`.
 # `make test` runs scripts/install-test-deps.sh first; this script assumes it ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +25,6 @@ SIDECAR_BIN="$target/debug/secrets-sidecar" .venv/bin/python -m pytest -q tests/
 
 echo "==> release binary (what the Docker builder stage produces)"
 make --no-print-directory check-release
+
+echo "==> make bench, one short round (every column of the table, against the release binary above)"
+make --no-print-directory bench-smoke

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use axum::http::HeaderValue;
+use hyper::body::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -25,13 +27,14 @@ pub struct Version {
     pub value: SecretValue,
     /// When this sidecar published it.
     pub since: SystemTime,
-    /// `"<id>"`, the HTTP ETag: made once per version, not per request.
-    pub etag: String,
+    /// `"<id>"`, the HTTP ETag, as the header value every answer shares: made once per version, not per
+    /// request. `None` for an id that cannot be a header value (Secrets Manager's are UUIDs).
+    pub etag: Option<HeaderValue>,
 }
 
 impl Version {
     pub fn new(id: String, value: SecretValue, since: SystemTime) -> Self {
-        let etag = format!("\"{id}\"");
+        let etag = HeaderValue::from_maybe_shared(Bytes::from(format!("\"{id}\""))).ok();
         Version { id, value, since, etag }
     }
 }

@@ -248,6 +248,12 @@ def build_inputs() -> list[str]:
                 files.append(f"{folder}/{t['name']}/main.rs")
             else:
                 files.append(f"{folder}/{t['name']}.rs")
+    # Workspace members (bench/ceiling): cargo loads each member's manifest and its targets for any build.
+    for member in manifest.get("workspace", {}).get("members", []):
+        if member != ".":
+            files.append(f"{member}/Cargo.toml")
+            sub = tomllib.loads(read(f"{member}/Cargo.toml"))
+            files += [f"{member}/{t['path']}" for t in sub.get("bin", []) if "path" in t]
     if "build" in manifest.get("package", {}) and isinstance(manifest["package"]["build"], str):
         files.append(manifest["package"]["build"])
     for src in (ROOT / "src").rglob("*.rs"):
@@ -267,3 +273,8 @@ def test_dockerignore_keeps_every_build_input_and_drops_the_bulk():
 def test_dockerignore_check_catches_an_excluded_source_dir():
     patterns = dockerignore_patterns(read(".dockerignore")) + ["src"]
     assert any(ignored(patterns, f) for f in build_inputs())
+
+
+def test_dockerignore_check_catches_an_excluded_workspace_member():
+    patterns = dockerignore_patterns(read(".dockerignore")) + ["bench"]
+    assert [f for f in build_inputs() if ignored(patterns, f)] == ["bench/ceiling/Cargo.toml", "bench/ceiling/src/main.rs"]
