@@ -462,16 +462,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::{Format, SecretSpec};
     use crate::publish::Outcome as Written;
-
-    fn store(names: &[&str]) -> Store {
-        let specs: Vec<_> = names
-            .iter()
-            .map(|n| SecretSpec { name: n.to_string(), secret_id: n.to_string(), format: Format::Json })
-            .collect();
-        Store::new(&specs)
-    }
 
     /// Each firing: when (since the test's start) and for which names.
     type Firings = Arc<Mutex<Vec<(Duration, Vec<String>)>>>;
@@ -532,7 +523,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_initial_publish_fires_nothing_and_a_burst_of_three_changes_fires_once() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         let probe = Probe::start(&store, &["app"], secs(5.0), false, vec![]);
         store.changes().published("app", Written::Written);
@@ -549,7 +540,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn changes_further_apart_than_the_debounce_fire_once_each() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
@@ -565,7 +556,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn initial_true_fires_once_after_every_watched_name_is_first_published() {
-        let store = store(&["app", "redis"]);
+        let store = Store::for_names(&["app", "redis"]);
         START.with(|_| ());
         let probe = Probe::start(&store, &["app", "redis"], secs(1.0), true, vec![]);
         store.changes().published("app", Written::Unchanged);
@@ -578,7 +569,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_name_first_seen_after_a_change_counts_even_without_initial() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         store.changes().published("app", Written::Written);
@@ -590,7 +581,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_constant_stream_of_changes_still_fires_at_four_times_the_debounce() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
@@ -609,7 +600,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_firing_is_retried_with_backoff_until_it_succeeds() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         let failures = vec![Outcome::Failed("answered 503".into()), Outcome::Timeout];
@@ -627,7 +618,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_stop_after_max_retries() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         let failures = vec![Outcome::Failed("connection refused".into()); 10];
@@ -640,7 +631,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_change_during_retries_supersedes_them_and_its_firing_covers_both() {
-        let store = store(&["app", "redis"]);
+        let store = Store::for_names(&["app", "redis"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         store.changes().published("redis", Written::Written);
@@ -660,7 +651,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_publication_with_the_same_bytes_is_not_a_change() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         START.with(|_| ());
         store.changes().published("app", Written::Written);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
@@ -672,7 +663,7 @@ mod tests {
 
     #[test]
     fn start_refuses_a_name_the_store_does_not_publish() {
-        let store = store(&["app"]);
+        let store = Store::for_names(&["app"]);
         let spec: OnChange = "app+db=signal HUP pidfile=/x".parse().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let tracker = TaskTracker::new();

@@ -247,19 +247,8 @@ impl FromStr for TemplateSpec {
     type Err = SpecError;
 
     fn from_str(entry: &str) -> Result<Self, Self::Err> {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            return Err(SpecError::Empty);
-        }
-        let (name, rest) = entry.split_once('=').ok_or_else(|| SpecError::NoEquals(entry.to_owned()))?;
-        if !valid_name(name) {
-            return Err(SpecError::BadName(name.to_owned()));
-        }
         // The path ends at the first `?`, as a secret id does: a template path with a `?` is not supported.
-        let (path, options) = match rest.split_once('?') {
-            Some((p, o)) => (p, Some(o)),
-            None => (rest, None),
-        };
+        let (name, path, options) = split_entry(entry)?;
         if path.is_empty() {
             return Err(SpecError::EmptyTemplatePath);
         }
@@ -374,20 +363,7 @@ impl FromStr for SecretSpec {
     type Err = SpecError;
 
     fn from_str(entry: &str) -> Result<Self, Self::Err> {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            return Err(SpecError::Empty);
-        }
-        let (name, rest) = entry.split_once('=').ok_or_else(|| SpecError::NoEquals(entry.to_owned()))?;
-        if !valid_name(name) {
-            return Err(SpecError::BadName(name.to_owned()));
-        }
-        // `?` never occurs in a secret name or ARN, so it can introduce options unambiguously, and `,`
-        // stays free for the list separator of SIDECAR_SECRETS.
-        let (secret_id, options) = match rest.split_once('?') {
-            Some((id, opts)) => (id, Some(opts)),
-            None => (rest, None),
-        };
+        let (name, secret_id, options) = split_entry(entry)?;
         if !valid_secret_id(secret_id) {
             return Err(SpecError::BadSecretId(secret_id.to_owned()));
         }
@@ -402,6 +378,24 @@ impl FromStr for SecretSpec {
         }
         Ok(SecretSpec { name: name.to_owned(), secret_id: secret_id.to_owned(), format })
     }
+}
+
+/// `NAME=VALUE[?OPTIONS]`, the shape of `--secret` and `--template` entries, with NAME checked. `?` never
+/// occurs in a secret name or ARN, so it can introduce options unambiguously, and `,` stays free for the
+/// list separator of the environment variables.
+fn split_entry(entry: &str) -> Result<(&str, &str, Option<&str>), SpecError> {
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return Err(SpecError::Empty);
+    }
+    let (name, rest) = entry.split_once('=').ok_or_else(|| SpecError::NoEquals(entry.to_owned()))?;
+    if !valid_name(name) {
+        return Err(SpecError::BadName(name.to_owned()));
+    }
+    Ok(match rest.split_once('?') {
+        Some((value, options)) => (name, value, Some(options)),
+        None => (name, rest, None),
+    })
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: safe as a file name and a URL path segment, and never `.`/`..`

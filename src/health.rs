@@ -145,19 +145,10 @@ pub async fn probe(listen: SocketAddr) -> Result<(), ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Format, SecretSpec};
     use crate::secret::SecretValue;
     use crate::store::Version;
     use std::sync::Arc;
     use std::time::SystemTime;
-
-    fn store(names: &[&str]) -> Store {
-        let specs: Vec<_> = names
-            .iter()
-            .map(|n| SecretSpec { name: n.to_string(), secret_id: n.to_string(), format: Format::Json })
-            .collect();
-        Store::new(&specs)
-    }
 
     fn publish(store: &Store, name: &str, now: Instant) {
         store.update(name, |s| {
@@ -169,7 +160,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn healthy_once_every_secret_is_published_and_through_an_outage() {
-        let store = store(&["a", "b"]);
+        let store = Store::for_names(&["a", "b"]);
         let now = Instant::now();
         publish(&store, "a", now);
         assert_eq!(health(&store, now, None).status, HealthStatus::Starting);
@@ -185,7 +176,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_staleness_turns_health_red_only_past_the_limit() {
-        let store = store(&["a"]);
+        let store = Store::for_names(&["a"]);
         publish(&store, "a", Instant::now());
         let max = Some(Duration::from_secs(300));
         tokio::time::advance(Duration::from_secs(299)).await;
@@ -198,7 +189,7 @@ mod tests {
 
     #[test]
     fn an_iam_token_turns_health_red_only_when_it_would_expire_unrenewed() {
-        let store = store(&["db"]);
+        let store = Store::for_names(&["db"]);
         let now = Instant::now();
         publish(&store, "db", now);
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -218,7 +209,7 @@ mod tests {
     }
 
     fn store_with_plain() -> Store {
-        let s = store(&["a"]);
+        let s = Store::for_names(&["a"]);
         publish(&s, "a", Instant::now());
         s
     }

@@ -120,6 +120,16 @@ impl Store {
         self.read().get(name).cloned()
     }
 
+    /// A store of json secrets with these names, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_names(names: &[&str]) -> Self {
+        let specs: Vec<_> = names
+            .iter()
+            .map(|n| SecretSpec { name: n.to_string(), secret_id: n.to_string(), format: crate::config::Format::Json })
+            .collect();
+        Store::new(&specs)
+    }
+
     /// Reads one secret's state in place, under the read lock: for the request path, which needs a
     /// version or two (`Arc`s), not a copy of every field.
     pub fn read_with<R>(&self, name: &str, f: impl FnOnce(&SecretState) -> R) -> Option<R> {
@@ -154,14 +164,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Format;
-
-    fn specs(names: &[&str]) -> Vec<SecretSpec> {
-        names
-            .iter()
-            .map(|n| SecretSpec { name: n.to_string(), secret_id: n.to_string(), format: Format::Json })
-            .collect()
-    }
 
     fn publish(store: &Store, name: &str, now: Instant) {
         store.update(name, |s| {
@@ -173,7 +175,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ready_only_when_every_secret_is_published_then_latched() {
-        let store = Store::new(&specs(&["a", "b"]));
+        let store = Store::for_names(&["a", "b"]);
         publish(&store, "a", Instant::now());
         assert!(!store.is_ready());
         publish(&store, "b", Instant::now());
