@@ -97,6 +97,41 @@ pub fn run_with_stdin(mut cmd: Command, stdin: &str) -> Output {
     child.wait_with_output().expect("wait for client")
 }
 
+/// The `mariadb` client as root over the Unix socket at `socket`, reading SQL from stdin.
+pub fn mariadb_admin(socket: &Path) -> Command {
+    let mut c = Command::new(MARIADB);
+    c.arg("--no-defaults")
+        .arg(format!("--socket={}", socket.display()))
+        .arg("--user=root")
+        .arg("--batch")
+        .arg("--skip-column-names")
+        .arg("--connect-timeout=5");
+    c
+}
+
+/// `psql` as the superuser over the Unix socket in `socket_dir` on `port`, reading SQL from stdin.
+pub fn psql_admin(socket_dir: &Path, port: u16) -> Command {
+    let mut c = Command::new(PSQL);
+    c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h"]).arg(socket_dir).args([
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-f",
+        "-",
+    ]);
+    c
+}
+
+/// Runs `sql` through an admin client (on stdin) and returns stdout; panics on an error.
+pub fn run_sql(client: Command, sql: &str) -> String {
+    let out = run_with_stdin(client, sql);
+    assert!(out.status.success(), "SQL failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Sends `signal` (a kill(1) name such as "TERM") and waits; SIGKILL after STOP_TIMEOUT.
 pub fn stop(child: &mut Child, signal: &str) {
     if let Ok(Some(_)) = child.try_wait() {
@@ -134,6 +169,7 @@ pub fn passwd_ids(name: &str) -> Option<(u32, u32)> {
 const MARIADBD: &str = "/usr/sbin/mariadbd";
 const MARIADB_INSTALL_DB: &str = "/usr/bin/mariadb-install-db";
 const MARIADB: &str = "/usr/bin/mariadb";
+const PSQL: &str = "/usr/bin/psql";
 
 /// A private MariaDB server with database `app` and user `app`@`127.0.0.1` (all privileges on `app.*`).
 pub struct MariaDb {
@@ -242,21 +278,12 @@ impl MariaDb {
     }
 
     fn admin_cmd(&self) -> Command {
-        let mut c = Command::new(MARIADB);
-        c.arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .arg("--user=root")
-            .arg("--batch")
-            .arg("--skip-column-names")
-            .arg("--connect-timeout=5");
-        c
+        mariadb_admin(&self.socket)
     }
 
     /// Runs SQL as root over the socket (on stdin) and returns stdout; panics on an error.
     pub fn sql(&self, sql: &str) -> String {
-        let out = run_with_stdin(self.admin_cmd(), sql);
-        assert!(out.status.success(), "mariadb SQL failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_sql(self.admin_cmd(), sql)
     }
 
     /// `ALTER USER` for every host entry of `user` (the setSecret step of a rotation).
@@ -365,7 +392,7 @@ impl Postgres {
         require(&[
             (bin.join("postgres").to_str().unwrap(), "postgresql"),
             (bin.join("initdb").to_str().unwrap(), "postgresql"),
-            ("/usr/bin/psql", "postgresql-client"),
+            (PSQL, "postgresql-client"),
         ]);
         let dir = tempfile::Builder::new().prefix("sidecar-pg-").tempdir().expect("temp dir");
         let run_as = if is_root() {
@@ -452,25 +479,12 @@ impl Postgres {
     }
 
     fn admin_cmd(&self) -> Command {
-        let mut c = Command::new("/usr/bin/psql");
-        c.arg("-X").arg("-q").args(["-v", "ON_ERROR_STOP=1", "-At"]).arg("-h").arg(self.dir.path()).args([
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-f",
-            "-",
-        ]);
-        c
+        psql_admin(self.dir.path(), self.port)
     }
 
     /// Runs SQL as the superuser over the socket (on stdin), returns stdout; panics on an error.
     pub fn sql(&self, sql: &str) -> String {
-        let out = run_with_stdin(self.admin_cmd(), sql);
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_sql(self.admin_cmd(), sql)
     }
 
     /// `ALTER ROLE … PASSWORD` (the setSecret step of a rotation).
@@ -495,7 +509,7 @@ impl Postgres {
 
     /// Whether `user`/`password` can log in over TCP right now.
     pub fn can_login(&self, user: &str, password: &str) -> bool {
-        let mut c = Command::new("/usr/bin/psql");
+        let mut c = Command::new(PSQL);
         c.args(["-X", "-q", "-At", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user, "-d", APP_DATABASE])
             .args(["-w", "-f", "-"])
             .env("PGPASSWORD", password)

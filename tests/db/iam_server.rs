@@ -72,7 +72,8 @@ use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
 
 use crate::common::db::{
-    as_user, count_lines, free_port, is_root, passwd_ids, pg_bin_dir, require, run_with_stdin, sql_str, stop, tail,
+    as_user, count_lines, free_port, is_root, mariadb_admin, passwd_ids, pg_bin_dir, psql_admin, require, run_sql,
+    run_with_stdin, sql_str, stop, tail,
 };
 
 /// The database user that logs in with IAM tokens (through PAM only).
@@ -692,21 +693,12 @@ impl IamMariaDb {
     }
 
     fn admin_cmd(&self) -> Command {
-        let mut c = Command::new(MARIADB);
-        c.arg("--no-defaults")
-            .arg(format!("--socket={}", self.socket.display()))
-            .arg("--user=root")
-            .arg("--batch")
-            .arg("--skip-column-names")
-            .arg("--connect-timeout=5");
-        c
+        mariadb_admin(&self.socket)
     }
 
     /// Runs SQL as root over the Unix socket (on stdin) and returns stdout; panics on an error.
     pub fn sql(&self, sql: &str) -> String {
-        let out = run_with_stdin(self.admin_cmd(), sql);
-        assert!(out.status.success(), "mariadb SQL failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_sql(self.admin_cmd(), sql)
     }
 
     /// Logins of `user` the server refused so far, counted in its own error log.
@@ -896,25 +888,12 @@ impl IamPostgres {
     }
 
     fn admin_cmd(&self) -> Command {
-        let mut c = Command::new(PSQL);
-        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h"]).arg(self.dir.path()).args([
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-f",
-            "-",
-        ]);
-        c
+        psql_admin(self.dir.path(), self.port)
     }
 
     /// Runs SQL as the superuser over the Unix socket (on stdin), returns stdout; panics on an error.
     pub fn sql(&self, sql: &str) -> String {
-        let out = run_with_stdin(self.admin_cmd(), sql);
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        run_sql(self.admin_cmd(), sql)
     }
 
     /// Logins of `user` PAM refused so far, counted in the server's own log.
