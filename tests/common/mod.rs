@@ -5,11 +5,12 @@
 //! may name another binary. A missing emulator fails the test with instructions — it never skips.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
@@ -434,5 +435,41 @@ impl Sidecar {
         let status = tokio::time::timeout(timeout, child.wait()).await.ok()?.ok()?;
         self.child = None;
         Some(status)
+    }
+}
+
+/// A thread reading a file over and over, collecting every distinct content it saw: a publication that is
+/// atomic shows only whole old and whole new contents, never a torn or missing file.
+pub struct ContentReader {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<BTreeSet<String>>,
+}
+
+impl ContentReader {
+    pub fn start(path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut seen = BTreeSet::new();
+                // One more read after `stop`, which comes after the new file is in place: a reader thread
+                // starved while the test waited still sees the new content.
+                loop {
+                    let stopping = stop.load(Ordering::Relaxed);
+                    seen.insert(std::fs::read_to_string(&path).unwrap_or_else(|e| format!("<read failed: {e}>")));
+                    if stopping {
+                        break;
+                    }
+                }
+                seen
+            }
+        });
+        ContentReader { stop, thread }
+    }
+
+    /// Stops the reader and returns every content it saw.
+    pub fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }

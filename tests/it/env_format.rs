@@ -8,8 +8,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proptest::collection::vec;
@@ -17,7 +15,7 @@ use proptest::prelude::*;
 use secrets_sidecar::dotenv::{quoting, render};
 use serde_json::{Map, Value};
 
-use crate::common::{Moto, Sidecar, create_secret, rotate, venv_python};
+use crate::common::{ContentReader, Moto, Sidecar, create_secret, rotate, venv_python};
 
 /// The three parsers the quoting is proven against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -188,31 +186,14 @@ async fn an_env_secret_follows_a_rotation_atomically_and_a_bad_key_keeps_the_las
     assert_eq!(sidecar.get("/v1/secrets/app/PORT").await.text().await.unwrap(), "6379");
 
     // A reader polling the file throughout sees the whole old or the whole new file, never anything else.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = std::thread::spawn({
-        let (path, stop) = (sidecar.dir().join("app.env"), stop.clone());
-        move || {
-            let mut seen = BTreeSet::new();
-            // One more read after `stop`, which comes after the new file is in place: a reader thread
-            // starved while the test waited still sees the new content.
-            loop {
-                let stopping = stop.load(Ordering::Relaxed);
-                seen.insert(std::fs::read_to_string(&path).unwrap_or_else(|e| format!("<read failed: {e}>")));
-                if stopping {
-                    break;
-                }
-            }
-            seen
-        }
-    });
+    let reader = ContentReader::start(sidecar.dir().join("app.env"));
     rotate(&sm, "app/boot", SECOND).await;
     sidecar
         .wait_for("the rotated file", Duration::from_secs(15), async || {
             sidecar.read_file("app.env").as_deref() == Some(SECOND_FILE)
         })
         .await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = reader.join().unwrap();
+    let seen = reader.finish();
     assert_eq!(seen, [FIRST_FILE, SECOND_FILE].map(String::from).into_iter().collect(), "torn or missing reads");
     assert_eq!(sidecar.get("/v1/secrets/app").await.text().await.unwrap(), SECOND_FILE);
     assert_eq!(sidecar.get("/v1/secrets/app/REDIS_AUTH").await.text().await.unwrap(), r"it's C:\tmp #1");

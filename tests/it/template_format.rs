@@ -2,12 +2,9 @@
 //! rotations, a file fed by two secrets, a render error that keeps the last good file, start-up errors —
 //! and the `urlencode` filter's promise, checked with the URL parsers of Python and Ruby.
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proptest::collection::vec;
@@ -17,7 +14,7 @@ use secrets_sidecar::secret::SecretValue;
 use secrets_sidecar::template::Template;
 use serde_json::Value;
 
-use crate::common::{Moto, Sidecar, create_secret, free_port, rotate, sidecar_command, venv_python};
+use crate::common::{ContentReader, Moto, Sidecar, create_secret, free_port, rotate, sidecar_command, venv_python};
 
 /// The one-liner, with `?from=db`.
 const DATABASE_URL: &str =
@@ -73,31 +70,14 @@ async fn a_database_url_follows_a_rotation_atomically_and_an_equal_render_leaves
     assert_eq!((health["ready"].clone(), health["version_id"].clone()), (Value::Bool(true), Value::from(first)));
 
     // A reader polling the file throughout sees the whole old or the whole new file, never anything else.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = std::thread::spawn({
-        let (path, stop) = (sidecar.dir().join("db_url"), stop.clone());
-        move || {
-            let mut seen = BTreeSet::new();
-            // One more read after `stop`, which comes after the new file is in place: a reader thread
-            // starved while the test waited still sees the new content.
-            loop {
-                let stopping = stop.load(Ordering::Relaxed);
-                seen.insert(std::fs::read_to_string(&path).unwrap_or_else(|e| format!("<read failed: {e}>")));
-                if stopping {
-                    break;
-                }
-            }
-            seen
-        }
-    });
+    let reader = ContentReader::start(sidecar.dir().join("db_url"));
     rotate(&sm, "app/db", &db_secret("second#pass+%", "")).await;
     sidecar
         .wait_for("the rotated DATABASE_URL", Duration::from_secs(15), async || {
             sidecar.read_file("db_url").as_deref() == Some(SECOND)
         })
         .await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = reader.join().unwrap();
+    let seen = reader.finish();
     assert_eq!(seen, [FIRST, SECOND].map(String::from).into_iter().collect(), "torn or missing reads");
     assert_eq!(sidecar.get("/v1/secrets/db_url").await.text().await.unwrap(), SECOND);
 
