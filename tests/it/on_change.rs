@@ -55,6 +55,14 @@ async fn rotate_now(sm: &aws_sdk_secretsmanager::Client, sidecar: &Sidecar, v: &
     assert_eq!(r.status(), 200);
 }
 
+/// A scratch directory for files the test writes (token, template), with the sidecar's output dir in it.
+fn scratch_with_output_dir() -> (tempfile::TempDir, PathBuf) {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    (scratch, out)
+}
+
 fn count(seen: &Mutex<Vec<Seen>>) -> usize {
     seen.lock().unwrap().len()
 }
@@ -64,9 +72,7 @@ async fn an_http_action_fires_once_per_burst_after_the_file_is_in_place_and_neve
     let moto = Moto::start().await;
     let sm = moto.client().await;
     create_secret(&sm, "prod/app", &value("v1")).await;
-    let scratch = tempfile::tempdir().unwrap();
-    let out = scratch.path().join("out");
-    std::fs::create_dir(&out).unwrap();
+    let (scratch, out) = scratch_with_output_dir();
     let token_file = scratch.path().join("puma.token");
     std::fs::write(&token_file, "tok-7f3a9c\n").unwrap();
     let (port, seen) = control_app(out.join("app.env")).await;
@@ -121,9 +127,7 @@ async fn initial_true_fires_once_at_start() {
     let moto = Moto::start().await;
     let sm = moto.client().await;
     create_secret(&sm, "prod/app", &value("v1")).await;
-    let scratch = tempfile::tempdir().unwrap();
-    let out = scratch.path().join("out");
-    std::fs::create_dir(&out).unwrap();
+    let (_scratch, out) = scratch_with_output_dir();
     let (port, seen) = control_app(out.join("app.env")).await;
     let sidecar = Sidecar::builder(&moto)
         .secret("app", "prod/app?format=env")
@@ -212,9 +216,7 @@ async fn an_action_on_a_template_fires_once_for_two_inputs_rotated_together_and_
     let sm = moto.client().await;
     create_secret(&sm, "prod/db", &json!({"password": "d1", "note": "a"}).to_string()).await;
     create_secret(&sm, "prod/redis", &json!({"auth_token": "r1"}).to_string()).await;
-    let scratch = tempfile::tempdir().unwrap();
-    let out = scratch.path().join("out");
-    std::fs::create_dir(&out).unwrap();
+    let (scratch, out) = scratch_with_output_dir();
     let template = scratch.path().join("app.env.tmpl");
     std::fs::write(&template, "DB_PASSWORD={{ db.password }}\nREDIS_AUTH={{ redis.auth_token }}\n").unwrap();
     let (port, seen) = control_app(out.join("app.env")).await;
