@@ -25,12 +25,12 @@ use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::{backoff, unit_random};
+use crate::changes::Watch;
 use crate::config::{Action, HttpAction, OnChange, SignalName, SignalTarget};
 use crate::metrics::{ActionOutcome, Metrics};
 use crate::secret::SecretString;
@@ -81,18 +81,9 @@ pub fn start(
     // Subscribe to everything first, so a bad name starts nothing.
     let mut subscribed = Vec::with_capacity(actions.len());
     for spec in actions {
-        let watched = spec
-            .watch
-            .iter()
-            .map(|n| store.changes().subscribe(n).map(|rx| Watched::new(n, rx)).ok_or_else(|| UnknownName(n.clone())))
-            .collect::<Result<Vec<_>, _>>()?;
-        subscribed.push(watched);
+        subscribed.push(Watched::new(store.changes().watch(&spec.watch).map_err(UnknownName)?));
     }
     for (index, (spec, watched)) in actions.iter().zip(subscribed).enumerate() {
-        let wake = Arc::new(Notify::new());
-        for w in &watched {
-            tracker.spawn(forward(w.rx.clone(), wake.clone(), cancel.clone()));
-        }
         let (spec, metrics, cancel) = (spec.clone(), metrics.clone(), cancel.clone());
         let timing = Timing::of(&spec);
         tracker.spawn(async move {
@@ -110,38 +101,22 @@ pub fn start(
                     outcome
                 }
             };
-            run_action(watched, timing, wake, cancel, fire).await;
+            run_action(watched, timing, cancel, fire).await;
         });
     }
     Ok(())
 }
 
-/// Wakes the action's task on every rise of one watched counter.
-async fn forward(mut rx: watch::Receiver<u64>, wake: Arc<Notify>, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                // One stored permit: a burst is one wake-up.
-                wake.notify_one();
-            }
-            () = cancel.cancelled() => return,
-        }
-    }
-}
-
-/// One watched name: its counter and the count this action has accounted for.
+/// An action's watched names: their counters and the counts this action has accounted for.
 struct Watched {
-    name: String,
-    rx: watch::Receiver<u64>,
-    seen: u64,
+    watch: Watch,
+    seen: Vec<u64>,
 }
 
 impl Watched {
-    fn new(name: &str, rx: watch::Receiver<u64>) -> Self {
-        Watched { name: name.to_owned(), rx, seen: 0 }
+    fn new(watch: Watch) -> Self {
+        let seen = vec![0; watch.names().len()];
+        Watched { watch, seen }
     }
 }
 
@@ -161,15 +136,15 @@ impl Timing {
 /// Adds the names whose counters rose to `into`; true when one was a change to act on. The first count
 /// of a name (its initial publish) is one only with `initial`; a name first seen at count 2 or more has
 /// changed since its initial publish whatever `initial` says.
-fn collect(watched: &mut [Watched], initial: bool, into: &mut BTreeSet<String>) -> bool {
+fn collect(watched: &mut Watched, initial: bool, into: &mut BTreeSet<String>) -> bool {
     let mut any = false;
-    for w in watched {
-        let count = *w.rx.borrow();
-        if count > w.seen {
-            let is_change = initial || w.seen > 0 || count > 1;
-            w.seen = count;
+    for (i, count) in watched.watch.counts().into_iter().enumerate() {
+        let seen = &mut watched.seen[i];
+        if count > *seen {
+            let is_change = initial || *seen > 0 || count > 1;
+            *seen = count;
             if is_change {
-                into.insert(w.name.clone());
+                into.insert(watched.watch.names()[i].clone());
                 any = true;
             }
         }
@@ -178,13 +153,8 @@ fn collect(watched: &mut [Watched], initial: bool, into: &mut BTreeSet<String>) 
 }
 
 /// The action's loop: wait for a change, debounce, fire with retries; until `cancel`.
-async fn run_action<F, Fut>(
-    mut watched: Vec<Watched>,
-    timing: Timing,
-    wake: Arc<Notify>,
-    cancel: CancellationToken,
-    mut fire: F,
-) where
+async fn run_action<F, Fut>(mut watched: Watched, timing: Timing, cancel: CancellationToken, mut fire: F)
+where
     F: FnMut(&BTreeSet<String>, u32) -> Fut,
     Fut: Future<Output = Outcome>,
 {
@@ -194,7 +164,12 @@ async fn run_action<F, Fut>(
     loop {
         while pending.is_empty() {
             tokio::select! {
-                () = wake.notified() => { collect(&mut watched, timing.initial, &mut pending); }
+                alive = watched.watch.changed() => {
+                    if !alive {
+                        return;
+                    }
+                    collect(&mut watched, timing.initial, &mut pending);
+                }
                 () = cancel.cancelled() => return,
             }
         }
@@ -205,7 +180,10 @@ async fn run_action<F, Fut>(
         loop {
             tokio::select! {
                 () = sleep_until((quiet_from + timing.debounce).min(latest)) => break,
-                () = wake.notified() => {
+                alive = watched.watch.changed() => {
+                    if !alive {
+                        return;
+                    }
                     if collect(&mut watched, timing.initial, &mut pending) {
                         quiet_from = Instant::now();
                     }
@@ -228,7 +206,10 @@ async fn run_action<F, Fut>(
             let superseded = loop {
                 tokio::select! {
                     () = sleep_until(retry_at) => break false,
-                    () = wake.notified() => {
+                    alive = watched.watch.changed() => {
+                        if !alive {
+                            return;
+                        }
                         if collect(&mut watched, timing.initial, &mut pending) {
                             break true;
                         }
@@ -478,13 +459,8 @@ mod tests {
     impl Probe {
         fn start(store: &Store, names: &[&str], debounce: Duration, initial: bool, outcomes: Vec<Outcome>) -> Probe {
             let t0 = Instant::now();
-            let watched: Vec<_> =
-                names.iter().map(|n| Watched::new(n, store.changes().subscribe(n).unwrap())).collect();
-            let wake = Arc::new(Notify::new());
+            let watched = Watched::new(store.changes().watch(names).unwrap());
             let cancel = CancellationToken::new();
-            for w in &watched {
-                tokio::spawn(forward(w.rx.clone(), wake.clone(), cancel.clone()));
-            }
             let firings = Arc::new(Mutex::new(Vec::new()));
             let outcomes = Arc::new(Mutex::new(outcomes.into_iter()));
             let (f, c) = (firings.clone(), cancel.clone());
@@ -494,7 +470,7 @@ mod tests {
                     let outcome = outcomes.lock().unwrap().next().unwrap_or(Outcome::Ok("200 OK".into()));
                     std::future::ready(outcome)
                 };
-                run_action(watched, Timing { debounce, initial }, wake, c, fire).await;
+                run_action(watched, Timing { debounce, initial }, c, fire).await;
             });
             Probe { firings, cancel, task }
         }

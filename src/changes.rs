@@ -12,6 +12,8 @@
 //! So count 1 is always "the initial publish" — on-change actions skip it unless asked.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::task::Poll;
 
 use tokio::sync::watch;
 
@@ -56,6 +58,53 @@ impl Changes {
     pub fn count(&self, name: &str) -> Option<u64> {
         self.counters.get(name).map(|c| *c.borrow())
     }
+
+    /// The counters of `names`, watched together; `Err` names the first one that is never published.
+    pub fn watch<S: AsRef<str>>(&self, names: &[S]) -> Result<Watch, String> {
+        let counters = names
+            .iter()
+            .map(|n| self.subscribe(n.as_ref()).ok_or_else(|| n.as_ref().to_owned()))
+            .collect::<Result<_, _>>()?;
+        Ok(Watch { names: names.iter().map(|n| n.as_ref().to_owned()).collect(), counters })
+    }
+}
+
+/// Several names' counters watched together, for what depends on more than one name (a template's
+/// inputs, an action's watched names).
+#[derive(Debug)]
+pub struct Watch {
+    names: Vec<String>,
+    counters: Vec<watch::Receiver<u64>>,
+}
+
+impl Watch {
+    /// The names watched, in the order given.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Each name's count now, in the order given; [`Watch::changed`] then waits for a rise past them.
+    pub fn counts(&mut self) -> Vec<u64> {
+        self.counters.iter_mut().map(|c| *c.borrow_and_update()).collect()
+    }
+
+    /// Resolves once any counter rose since it was last read (a burst is one wake-up); false when the
+    /// counters are gone (the store was dropped). Never resolves for an empty watch.
+    pub async fn changed(&mut self) -> bool {
+        if self.counters.is_empty() {
+            return std::future::pending().await;
+        }
+        let mut waits: Vec<_> = self.counters.iter_mut().map(|c| Box::pin(c.changed())).collect();
+        std::future::poll_fn(|cx| {
+            for wait in &mut waits {
+                if let Poll::Ready(r) = wait.as_mut().poll(cx) {
+                    return Poll::Ready(r.is_ok());
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +141,18 @@ mod tests {
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow_and_update(), 3);
         assert!(!rx.has_changed().unwrap(), "one wake-up for the three");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_wakes_on_a_rise_of_any_of_its_names() {
+        let changes = Changes::new(["db", "redis"]);
+        assert_eq!(changes.watch(&["db", "other"]).unwrap_err(), "other");
+        let mut watch = changes.watch(&["db", "redis"]).unwrap();
+        assert_eq!(watch.counts(), [0, 0]);
+        changes.published("redis", Outcome::Written);
+        assert!(watch.changed().await);
+        assert_eq!(watch.counts(), [0, 1]);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(1), watch.changed()).await;
+        assert!(waited.is_err(), "nothing rose since the counts were read");
     }
 }

@@ -32,14 +32,12 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use indexmap::IndexMap;
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
@@ -366,13 +364,11 @@ struct RenderTask {
 
 impl RenderTask {
     async fn run(self, cancel: CancellationToken) {
-        let changes = self.store.changes();
-        let mut counters: Vec<watch::Receiver<u64>> =
-            self.inputs.iter().map(|n| changes.subscribe(n).expect("a template's inputs are in the store")).collect();
+        let mut inputs = self.store.changes().watch(&self.inputs).expect("a template's inputs are in the store");
         let mut retry = None;
         loop {
             // Seen before the store is read: a publication after this point wakes the loop again.
-            let published = counters.iter_mut().all(|c| *c.borrow_and_update() > 0);
+            let published = inputs.counts().iter().all(|c| *c > 0);
             if published || retry.is_some() {
                 retry = self.render_and_publish().await.then(|| tokio::time::Instant::now() + PUBLISH_RETRY);
             }
@@ -380,7 +376,7 @@ impl RenderTask {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep_until(retry_at) => {}
-                alive = any_changed(&mut counters) => if !alive { return },
+                alive = inputs.changed() => if !alive { return },
             }
         }
     }
@@ -445,23 +441,6 @@ impl RenderTask {
             }
         }
     }
-}
-
-/// Waits until any counter changes; false when every publisher is gone (shutdown).
-async fn any_changed(counters: &mut [watch::Receiver<u64>]) -> bool {
-    if counters.is_empty() {
-        return std::future::pending().await;
-    }
-    let mut waits: Vec<_> = counters.iter_mut().map(|c| Box::pin(c.changed())).collect();
-    std::future::poll_fn(|cx| {
-        for wait in &mut waits {
-            if let Poll::Ready(r) = wait.as_mut().poll(cx) {
-                return Poll::Ready(r.is_ok());
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]
