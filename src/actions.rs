@@ -324,7 +324,10 @@ async fn fire_http(h: &HttpAction) -> Result<String, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
-    let conn = tokio::spawn(conn);
+    // Aborted when this attempt ends, however it ends (a timeout drops it mid-request), instead of an
+    // abort after the answer that a timeout skipped. hyper closes the connection then anyway once the
+    // request's sender is gone; the test below holds either way.
+    let _conn = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
     let request = hyper::Request::builder()
         .method(h.method.as_str())
         .uri(path_and_query.as_str())
@@ -332,16 +335,11 @@ async fn fire_http(h: &HttpAction) -> Result<String, String> {
         .header(hyper::header::USER_AGENT, concat!("secrets-sidecar/", env!("CARGO_PKG_VERSION")))
         .body(Empty::<Bytes>::new())
         .map_err(|_| "the request could not be built from the URL".to_owned());
-    let result = async {
-        let response = sender.send_request(request?).await.map_err(|e| format!("request to {addr}: {e}"))?;
-        let status = response.status();
-        // Read the answer to its end, so the server sees a complete exchange.
-        let _ = response.into_body().collect().await;
-        if status.is_success() { Ok(status.to_string()) } else { Err(format!("answered {status}")) }
-    }
-    .await;
-    conn.abort();
-    result
+    let response = sender.send_request(request?).await.map_err(|e| format!("request to {addr}: {e}"))?;
+    let status = response.status();
+    // Read the answer to its end, so the server sees a complete exchange.
+    let _ = response.into_body().collect().await;
+    if status.is_success() { Ok(status.to_string()) } else { Err(format!("answered {status}")) }
 }
 
 /// The token file's content, trimmed.
@@ -741,6 +739,26 @@ mod tests {
         assert_eq!(outcome, Outcome::Timeout);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert_eq!(seen.lock().unwrap().len(), 1, "the request did arrive");
+    }
+
+    /// A timed-out firing leaves no connection behind: the server sees it closed.
+    #[tokio::test]
+    async fn a_timed_out_http_action_closes_its_connection() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            // The request head, then nothing is answered: what comes next must be the end of the stream.
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"GET /slow HTTP/1.1"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+            tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
+        });
+        let outcome = fire(&http_action(&format!("a=http GET http://127.0.0.1:{port}/slow")), secs(0.3)).await;
+        assert_eq!(outcome, Outcome::Timeout);
+        let after = server.await.unwrap();
+        assert!(matches!(after, Ok(Ok(0))), "the connection is still open after the timeout: {after:?}");
     }
 
     #[tokio::test]
