@@ -54,7 +54,8 @@ impl Changes {
         self.counters.get(name).map(watch::Sender::subscribe)
     }
 
-    /// The count so far (0: not published yet).
+    /// The count so far (0: not published yet). Only tests ask; what runs waits on [`Watch`].
+    #[cfg(test)]
     pub fn count(&self, name: &str) -> Option<u64> {
         self.counters.get(name).map(|c| *c.borrow())
     }
