@@ -4,9 +4,10 @@
     .venv/bin/python bench/storm.py PATH/TO/secrets-sidecar
 
 Half the clients send nothing, half a partial request head. Prints the latency of GET /v1/secrets/NAME on a
-fresh connection during the storm, resident memory before, during and 7 s later (the header-read timeout
-is 5 s), and how many of the 500 connections are still open then. Start-up, memory under load and
-throughput are `make bench` (bench/bench.py), whose helpers this script uses. Everything binds 127.0.0.1.
+fresh connection during the storm, resident memory before, during and 7 s later (a connection that
+completes no request head is closed 5 s after it connected), and how many of the 500 connections are
+still open then. Start-up, memory under load and throughput are `make bench` (bench/bench.py), whose
+helpers this script uses. Everything binds 127.0.0.1.
 """
 
 import http.client

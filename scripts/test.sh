@@ -15,7 +15,7 @@ target=${CARGO_TARGET_DIR:-$root/target}
 echo "==> cargo test (unit, integration against moto, end-to-end on MariaDB/PostgreSQL)"
 # --show-output: the end-to-end tests print their figures (queries, connections, rotations, refused and
 # stale logins, the failure budget per stack), which a passing run would otherwise swallow.
-cargo test --locked --all-targets --no-fail-fast -- --show-output
+cargo test --locked --workspace --all-targets --no-fail-fast -- --show-output
 
 scripts/ruby-unit-tests.sh
 

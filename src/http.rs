@@ -19,23 +19,25 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::future::Either;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tower::util::MapResponseLayer;
 use tower::{Layer, Service};
 
-use crate::config::Format;
+use crate::config::{Format, valid_name};
 use crate::poller::Poller;
 use crate::secret::{SecretString, SecretValue};
 use crate::store::{Store, Version};
 
 pub const TOKEN_HEADER: &str = "x-secrets-sidecar-token";
 const TOKEN_HEADER_NAME: HeaderName = HeaderName::from_static(TOKEN_HEADER);
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Every path with this prefix needs the token, whether a route matches it or not (a 404 or 405 under
 /// `/v1/` tells nothing to a client without the token).
@@ -60,8 +62,16 @@ pub struct AppState {
     pub max_staleness: Option<Duration>,
 }
 
-/// The whole router; tests drive it with `tower::ServiceExt::oneshot`.
-pub fn app(state: AppState) -> Router {
+/// Every route: the router, and the fast path in front of it. Tests drive a connection's service.
+pub fn app(state: AppState) -> edge::Routes {
+    app_from(Arc::new(state))
+}
+
+fn app_from(state: Arc<AppState>) -> edge::Routes {
+    edge::Routes::new(router(state.clone()), Reads(state))
+}
+
+fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/secrets", get(list))
         .route("/v1/secrets/{name}", get(get_secret))
@@ -79,7 +89,7 @@ pub fn app(state: AppState) -> Router {
         .layer(guard)
         // A plain function, not an async middleware: it runs on every answer.
         .layer(MapResponseLayer::new(last_word))
-        .with_state(Arc::new(state))
+        .with_state(state)
 }
 
 /// The one error type of the HTTP layer. Texts are fixed strings chosen here.
@@ -143,7 +153,7 @@ fn last_word(res: Response) -> Response {
     } else {
         res
     };
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
     res
 }
 
@@ -193,7 +203,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match refusal(&req, self.token.as_deref()) {
+        match refusal(req.headers(), req.uri().path(), self.token.as_deref()) {
             Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
             None => Either::Right(self.inner.call(req)),
         }
@@ -201,13 +211,12 @@ where
 }
 
 /// Why `req` is refused before routing, if it is. A forwarded request is refused first, token or not.
-fn refusal(req: &Request, token: Option<&SecretString>) -> Option<ApiError> {
-    let headers = req.headers();
+fn refusal(headers: &HeaderMap, path: &str, token: Option<&SecretString>) -> Option<ApiError> {
     if headers.contains_key(X_FORWARDED_FOR) {
         return Some(ApiError::BadRequest("proxied requests (X-Forwarded-For) are refused"));
     }
     if let Some(expected) = token
-        && req.uri().path().starts_with(TOKEN_PREFIX)
+        && path.starts_with(TOKEN_PREFIX)
     {
         let given = headers.get(TOKEN_HEADER_NAME).map(|v| v.as_bytes()).unwrap_or_default();
         if !bool::from(given.ct_eq(expected.expose().as_bytes())) {
@@ -271,24 +280,48 @@ async fn get_secret(
         Some("AWSPENDING") => true,
         Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
     };
+    let read = read_secret(&state, &name, pending, req.headers())?;
+    let mut res = Response::default();
+    *res.status_mut() = read.status;
+    read.set_headers(res.headers_mut());
+    *res.body_mut() = axum::body::Body::from(read.body);
+    Ok(res)
+}
+
+/// The answer to `GET /v1/secrets/NAME`, from the router or the fast path ([`Reads`]).
+struct SecretRead {
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    etag: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl SecretRead {
+    fn set_headers(&self, headers: &mut HeaderMap) {
+        if let Some(content_type) = self.content_type {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        }
+        if let Some(etag) = &self.etag {
+            headers.insert(header::ETAG, etag.clone());
+        }
+    }
+}
+
+fn read_secret(state: &AppState, name: &str, pending: bool, headers: &HeaderMap) -> Result<SecretRead, ApiError> {
     // Under the read lock: the format and one `Arc`, no copy of the secret's state.
     let (format, version) = state
         .store
-        .read_with(&name, |s| (s.spec.format, if pending { s.view.pending.clone() } else { s.current.clone() }))
+        .read_with(name, |s| (s.spec.format, if pending { s.view.pending.clone() } else { s.current.clone() }))
         .ok_or(ApiError::NotFound("unknown secret"))?;
     let version = match (version, pending) {
         (Some(v), _) => v,
         (None, false) => return Err(ApiError::NotReady),
         (None, true) => return Err(ApiError::NotFound("no readable pending version")),
     };
-    if let Some(etag) = &version.etag
-        && if_none_match(req.headers(), etag)
-    {
-        let mut res = StatusCode::NOT_MODIFIED.into_response();
-        set_etag(&mut res, &version.etag);
-        return Ok(res);
-    }
     let etag = version.etag.clone();
+    if etag.as_ref().is_some_and(|etag| if_none_match(headers, etag)) {
+        return Ok(SecretRead { status: StatusCode::NOT_MODIFIED, content_type: None, etag, body: Bytes::new() });
+    }
     let (content_type, body) = match format {
         // The body shares the published bytes: no copy of the value per request.
         Format::Json => ("application/json", Bytes::from_owner(SharedValue(version))),
@@ -303,11 +336,37 @@ async fn get_secret(
             ("text/plain; charset=utf-8", Bytes::from_owner(RenderedValue(file)))
         }
     };
-    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    if let Some(etag) = etag {
-        res.headers_mut().insert(header::ETAG, etag);
+    Ok(SecretRead { status: StatusCode::OK, content_type: Some(content_type), etag, body })
+}
+
+/// The fast path of [`edge`]: `GET /v1/secrets/NAME` — what an app's hook asks at every new database
+/// connection — answered without the router (issue 11). It answers only what it can answer exactly as the
+/// router would, the same [`read_secret`] behind the same [`refusal`], with the header [`last_word`] adds;
+/// everything else — another method or path, a query, a name that needs decoding, a refusal, an error —
+/// it declines, and the router answers that.
+pub struct Reads(Arc<AppState>);
+
+impl edge::FastPath for Reads {
+    fn answer(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
+        if method != Method::GET || uri.query().is_some() {
+            return None;
+        }
+        // A valid name is the router's `{name}` as it stands: nothing to decode, no `/`.
+        let name = uri.path().strip_prefix("/v1/secrets/").filter(|n| valid_name(n))?;
+        if refusal(headers, uri.path(), self.0.token.as_deref()).is_some() {
+            return None;
+        }
+        let read = read_secret(&self.0, name, false, headers).ok()?;
+        let mut res = hyper::Response::new(Full::default());
+        *res.status_mut() = read.status;
+        read.set_headers(res.headers_mut());
+        res.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
+        // What axum's route adds to every answer of a known size (a 304's included), and hyper would
+        // otherwise add to this one.
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(read.body.len()));
+        *res.body_mut() = Full::new(read.body);
+        Some(res)
     }
-    Ok(res)
 }
 
 async fn get_key(
@@ -405,20 +464,27 @@ mod tests {
     use crate::publish::Publisher;
     use crate::source::{DevSource, Source};
     use axum::body::Body;
+    use http_body_util::BodyExt;
+    use hyper::service::Service;
     use tower::ServiceExt;
 
     /// The router over a dev-file source, with `db` fetched once.
-    async fn router(dir: &std::path::Path, dev_json: &str) -> Router {
+    async fn router(dir: &std::path::Path, dev_json: &str) -> edge::Routes {
         router_with(dir, dev_json, Format::Json).await
     }
 
     /// [`router`] with `db` in another format.
-    async fn router_with(dir: &std::path::Path, dev_json: &str, format: Format) -> Router {
+    async fn router_with(dir: &std::path::Path, dev_json: &str, format: Format) -> edge::Routes {
         router_full(dir, dev_json, format, Some("tok")).await
     }
 
     /// [`router_with`] with another token setting (`None`: `--no-token`).
-    async fn router_full(dir: &std::path::Path, dev_json: &str, format: Format, token: Option<&str>) -> Router {
+    async fn router_full(dir: &std::path::Path, dev_json: &str, format: Format, token: Option<&str>) -> edge::Routes {
+        app(state(dir, dev_json, format, token).await)
+    }
+
+    /// What [`router_full`] serves.
+    async fn state(dir: &std::path::Path, dev_json: &str, format: Format, token: Option<&str>) -> AppState {
         let dev = dir.join("dev.json");
         std::fs::write(&dev, dev_json).unwrap();
         let out = dir.join("out");
@@ -439,22 +505,28 @@ mod tests {
         let poller =
             Poller::start(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs, &tracker, cancel);
         poller.refresh_now("db").await.unwrap().unwrap();
-        app(AppState {
+        AppState {
             store,
             poller,
             token: token.map(|t| Arc::new(SecretString::from(t.to_owned()))),
             max_staleness: None,
-        })
+        }
     }
 
-    async fn call(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+    /// One request through a connection's service: the fast path, then the router.
+    async fn call(
+        app: &edge::Routes,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let res = app.connection().call(req.body(Body::empty()).unwrap()).await.unwrap();
         let (status, headers) = (res.status(), res.headers().clone());
-        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
         (status, headers, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -563,7 +635,7 @@ mod tests {
     }
 
     /// Paths that dodge the `/v1/` prefix test must not reach a `/v1/` handler either.
-    async fn secret_reachable_without_token(app: &Router) -> Vec<String> {
+    async fn secret_reachable_without_token(app: &edge::Routes) -> Vec<String> {
         let mut reached = Vec::new();
         for uri in [
             "/v1/secrets/db",
@@ -623,6 +695,93 @@ mod tests {
             let (s, h, _) = call(&app, "GET", uri, &[TOKEN]).await;
             assert_eq!(h[header::CACHE_CONTROL], "no-store", "{uri} ({s})");
         }
+    }
+
+    type Headers = &'static [(&'static str, &'static str)];
+
+    /// Requests near the fast path's edge: the ones it answers and the ones it must leave to the router.
+    const NEAR_THE_FAST_PATH: &[(&str, &str, Headers)] = &[
+        ("GET", "/v1/secrets/db", &[TOKEN]),
+        ("GET", "/v1/secrets/db", &[TOKEN, ("if-none-match", "*")]),
+        ("GET", "/v1/secrets/db", &[TOKEN, ("if-none-match", "\"other\"")]),
+        ("GET", "/v1/secrets/db", &[]),
+        ("GET", "/v1/secrets/db", &[(TOKEN_HEADER, "to")]),
+        ("GET", "/v1/secrets/db", &[TOKEN, ("x-forwarded-for", "10.0.0.1")]),
+        ("GET", "/v1/secrets/db?stage=AWSCURRENT", &[TOKEN]),
+        ("GET", "/v1/secrets/db?stage=AWSPENDING", &[TOKEN]),
+        ("GET", "/v1/secrets/db?", &[TOKEN]),
+        ("GET", "/v1/secrets/%64b", &[TOKEN]),
+        ("GET", "/v1/secrets/db/", &[TOKEN]),
+        ("GET", "/v1/secrets/db/user", &[TOKEN]),
+        ("GET", "/v1/secrets/later", &[TOKEN]),
+        ("GET", "/v1/secrets/nope", &[TOKEN]),
+        ("GET", "/v1/secrets/", &[TOKEN]),
+        ("GET", "http://127.0.0.1/v1/secrets/db", &[TOKEN]),
+        ("HEAD", "/v1/secrets/db", &[TOKEN]),
+        ("POST", "/v1/secrets/db", &[TOKEN]),
+    ];
+
+    /// Where the answers of `routes` (fast path, then router) differ from the router's alone, over
+    /// [`NEAR_THE_FAST_PATH`]; and how many the fast path answered.
+    async fn differences(routes: &edge::Routes, router: &Router, fast: &dyn edge::FastPath) -> (Vec<String>, usize) {
+        let (mut differ, mut fast_answers) = (Vec::new(), 0);
+        for (method, uri, headers) in NEAR_THE_FAST_PATH {
+            let request = || {
+                let mut req = Request::builder().method(*method).uri(*uri);
+                for (k, v) in *headers {
+                    req = req.header(*k, *v);
+                }
+                req.body(Body::empty()).unwrap()
+            };
+            let probe = request();
+            fast_answers += usize::from(fast.answer(probe.method(), probe.uri(), probe.headers()).is_some());
+            let both = routes.connection().call(request()).await.unwrap();
+            let alone = router.clone().oneshot(request()).await.unwrap();
+            let both = (both.status(), both.headers().clone(), both.into_body().collect().await.unwrap().to_bytes());
+            let alone =
+                (alone.status(), alone.headers().clone(), alone.into_body().collect().await.unwrap().to_bytes());
+            if both != alone {
+                differ.push(format!("{method} {uri} {headers:?}: {both:?} against the router's {alone:?}"));
+            }
+        }
+        (differ, fast_answers)
+    }
+
+    /// Issue 11: the fast path answers `GET /v1/secrets/NAME` without the router. Wherever it answers, its
+    /// answer is the router's to the byte — status, every header, body — and it leaves the rest alone.
+    #[tokio::test]
+    async fn the_fast_path_answers_exactly_as_the_router_would() {
+        for (format, json) in [
+            (Format::Json, r#"{"db": {"user": "app", "password": "p w#1"}}"#),
+            (Format::Env, r#"{"db": {"user": "app", "password": "p w#1"}}"#),
+            (Format::Raw, r#"{"db": "raw bytes"}"#),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = Arc::new(state(dir.path(), json, format, Some("tok")).await);
+            let routes = app_from(state.clone());
+            let (differ, fast_answers) = differences(&routes, &super::router(state.clone()), &Reads(state)).await;
+            assert_eq!(differ, Vec::<String>::new(), "{format:?}");
+            // GET with the token, plain or conditional (200, 304, 200), and in absolute form.
+            assert_eq!(fast_answers, 4, "{format:?}");
+        }
+    }
+
+    /// Negative control for the test above: a fast path that leaves out one header is caught.
+    #[tokio::test]
+    async fn a_fast_path_that_differs_from_the_router_is_caught() {
+        struct WithoutNoStore(Reads);
+        impl edge::FastPath for WithoutNoStore {
+            fn answer(&self, m: &Method, u: &Uri, h: &HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
+                let mut res = self.0.answer(m, u, h)?;
+                res.headers_mut().remove(header::CACHE_CONTROL);
+                Some(res)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(state(dir.path(), r#"{"db": {"user": "app"}}"#, Format::Json, Some("tok")).await);
+        let careless = edge::Routes::new(super::router(state.clone()), WithoutNoStore(Reads(state.clone())));
+        let (differ, _) = differences(&careless, &super::router(state.clone()), &Reads(state)).await;
+        assert_eq!(differ.len(), 4, "{differ:#?}");
     }
 
     #[test]

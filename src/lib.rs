@@ -24,7 +24,8 @@
 //! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
 //!   readiness latch. Only the poller writes it.
 //! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
-//! - [`serve`]: the listener — HTTP/1.1, header-read timeout, connection cap, graceful shutdown.
+//! - the `edge` crate (`edge/`): the request path — the listener (HTTP/1.1, idle timeout, connection cap,
+//!   graceful shutdown) and the fast path in front of the router; a crate of its own for its opt-level.
 //! - [`health`]: what healthy means, and the `healthcheck` probe.
 //! - [`metrics`]: Prometheus counters and gauges at `/metrics`.
 //! - [`shutdown`]: signals and the shutdown grace period.
@@ -45,7 +46,6 @@ pub mod poller;
 pub mod publish;
 pub mod schedule;
 pub mod secret;
-pub mod serve;
 pub mod shutdown;
 pub mod source;
 pub mod store;
@@ -194,7 +194,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %addr, secrets = served.len() - config.templates.len(), templates = config.templates.len(),
         dir = %config.output_dir.display(), "secrets-sidecar started");
-    tracker.spawn(serve::serve(listener, http::app(state), serve::Limits::default(), cancel.clone()));
+    tracker.spawn(edge::serve(listener, http::app(state), edge::Limits::default(), cancel.clone()));
 
     shutdown.await;
     cancel.cancel();

@@ -1,13 +1,16 @@
 //! The listener: which connections are served, and for how long. HTTP/1.1 only (what the README
-//! documents), through hyper's own connection builder with a timer, because `axum::serve` runs without
-//! one, so hyper's header-read timeout is not in force there and a client that sends nothing keeps its
-//! connection for ever (issue 8: 500 slow local connections stayed open and RSS grew from 8 to 20–32 MiB).
+//! documents), through hyper's own connection builder, because `axum::serve` closes no connection that
+//! goes quiet: a client that sends nothing keeps its connection for ever (issue 8: 500 slow local
+//! connections stayed open and RSS grew from 8 to 20–32 MiB).
 //!
-//! - A connection that sends nothing for [`HEADER_READ_TIMEOUT`] after being accepted is closed before
-//!   hyper sees it, so a storm of silent clients costs sockets, not buffers. Once it has sent something,
-//!   hyper's own header-read timeout applies: a complete request head within [`HEADER_READ_TIMEOUT`], and
-//!   the same between requests on a keep-alive connection, so a partial header or an idle connection is
-//!   closed too.
+//! - A connection that sends nothing for [`IDLE_TIMEOUT`] after being accepted is closed before hyper sees
+//!   it, so a storm of silent clients costs sockets, not buffers.
+//! - After that, a connection that completes no request head for [`IDLE_TIMEOUT`] — it sends half a head,
+//!   trickles one a byte at a time, or sits idle between requests — is closed within 1.25× that time,
+//!   unless an answer is still being made for it (a forced refresh). This is checked by one timer per
+//!   connection that ticks four times per timeout and reads the connection's request count
+//!   ([`crate::dispatch`]), not by hyper's header-read timeout: that one arms a timer for every request
+//!   head, and re-registering and cancelling it was 8% of the user-space time of a GET (issue 11).
 //! - At most [`MAX_CONNECTIONS`] are open at once. At the cap the sidecar stops accepting: further
 //!   connections wait in the kernel's backlog, costing this process no memory, until a slot frees.
 //! - On shutdown it stops accepting, lets requests in flight finish and closes idle connections; the
@@ -16,42 +19,46 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// How long a connection may take to send a request head, or stay idle between requests.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::dispatch::{Activity, Routes};
+
+/// How long a connection may go without completing a request head: to send its first one, or the next.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open connections at once. An app's pool needs a handful; a few hundred idle connections cost a few
 /// MiB at most.
 pub const MAX_CONNECTIONS: usize = 512;
 /// A failed `accept` (out of file descriptors, say) is retried after this pause rather than in a hot loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Idle checks per [`Limits::idle_timeout`]: a quiet connection is closed between 1 and 1 + 1/4 timeouts
+/// after its last request head.
+const IDLE_CHECKS: u32 = 4;
 
 /// What a connection may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { header_read_timeout: HEADER_READ_TIMEOUT, max_connections: MAX_CONNECTIONS }
+        Limits { idle_timeout: IDLE_TIMEOUT, max_connections: MAX_CONNECTIONS }
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` fires, then waits for the open connections to finish.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
+/// Serves `routes` on `listener` until `shutdown` fires, then waits for the open connections to finish.
+pub async fn serve(listener: TcpListener, routes: Routes, limits: Limits, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    // No timer: hyper's header-read timeout stays off (see the module's docs for what replaces it).
+    let builder = http1::Builder::new();
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -69,25 +76,33 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (builder, app, watcher, shutdown) = (builder.clone(), app.clone(), graceful.watcher(), shutdown.clone());
-        let header_read_timeout = limits.header_read_timeout;
+        let (builder, service, watcher, shutdown) =
+            (builder.clone(), routes.connection(), graceful.watcher(), shutdown.clone());
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             // A connection that sends nothing never reaches hyper, whose buffers are allocated on the first
             // read: it costs a socket and this task until the timeout closes it.
             // `peek`, not `readable`: tokio reports a fresh socket readable before any byte arrives.
             let mut first = [0u8; 1];
             tokio::select! {
-                sent = tokio::time::timeout(header_read_timeout, stream.peek(&mut first)) => {
+                sent = tokio::time::timeout(idle_timeout, stream.peek(&mut first)) => {
                     if !matches!(sent, Ok(Ok(1..))) {
                         return;
                     }
                 }
                 () = shutdown.cancelled() => return,
             }
-            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            let activity = service.activity();
             // Boxed, so the task of a connection still waiting above is a few hundred bytes, not the size of
-            // hyper's connection state. Timeouts and clients that vanish end here; not worth a log line.
-            let _ = Box::pin(watcher.watch(conn)).await;
+            // hyper's connection state.
+            let conn = Box::pin(watcher.watch(builder.serve_connection(TokioIo::new(stream), service)));
+            // Dropping the connection closes it. Timeouts and clients that vanish end here; not worth a log
+            // line.
+            tokio::select! {
+                biased;
+                _ = conn => {}
+                () = idle(&activity, idle_timeout) => {}
+            }
             drop(slot);
         });
     }
@@ -95,10 +110,36 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
     graceful.shutdown().await;
 }
 
+/// Returns once the connection has completed no request head, and had no answer in the making, for
+/// `timeout` (to within a quarter of it).
+async fn idle(activity: &Activity, timeout: Duration) {
+    let period = timeout / IDLE_CHECKS;
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut seen, mut quiet) = (activity.heads(), 0);
+    loop {
+        tick.tick().await;
+        let heads = activity.heads();
+        if heads != seen || activity.answering() {
+            (seen, quiet) = (heads, 0);
+            continue;
+        }
+        quiet += 1;
+        if quiet == IDLE_CHECKS {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::FastPath;
+    use axum::Router;
+    use axum::http::{HeaderMap, Method, Response, Uri};
     use axum::routing::get;
+    use http_body_util::Full;
+    use hyper::body::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -108,9 +149,24 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let app = Router::new().route("/", get(|| async { "ok" }));
-        tokio::spawn(serve(listener, app, limits, cancel.clone()));
+        let app = Router::new().route("/", get(|| async { "ok" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "slow"
+            }),
+        );
+        tokio::spawn(serve(listener, Routes::new(app, Declines), limits, cancel.clone()));
         (addr, cancel)
+    }
+
+    /// Every request goes to the router.
+    struct Declines;
+
+    impl FastPath for Declines {
+        fn answer(&self, _: &Method, _: &Uri, _: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+            None
+        }
     }
 
     /// Sends `req` and reads the answer until the server closes the connection.
@@ -137,7 +193,7 @@ mod tests {
     /// Issue 8: under `axum::serve` a client that sent nothing, or half a header, kept its connection.
     #[tokio::test]
     async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
-        let (addr, _cancel) = start(Limits { header_read_timeout: 300 * MS, max_connections: 16 }).await;
+        let (addr, _cancel) = start(Limits { idle_timeout: 300 * MS, max_connections: 16 }).await;
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let mut partial = TcpStream::connect(addr).await.unwrap();
         partial.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -151,9 +207,44 @@ mod tests {
         }
     }
 
+    /// The idle check counts request heads, not bytes or time since accept: a connection that keeps asking
+    /// stays open for many timeouts, and one that trickles a head a byte at a time is closed (a check of
+    /// bytes read would keep it; one that did not restart would close the busy one).
+    #[tokio::test]
+    async fn a_connection_that_keeps_asking_stays_open_and_a_trickled_head_is_closed() {
+        let (addr, _cancel) = start(Limits { idle_timeout: 400 * MS, max_connections: 16 }).await;
+        let trickle = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle().take(40) {
+                if s.write_all(&[*b]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(100 * MS).await;
+            }
+            closed_within(&mut s, 100 * MS).await
+        });
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 256];
+        for i in 0..16 {
+            busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let n = busy.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "request {i}: {}", String::from_utf8_lossy(&buf[..n]));
+            tokio::time::sleep(150 * MS).await;
+        }
+        assert!(trickle.await.unwrap(), "a head trickled over 4 s was not cut off by a 400 ms idle timeout");
+    }
+
+    /// A routed answer that takes longer than the idle timeout (a forced refresh) is still sent.
+    #[tokio::test]
+    async fn an_answer_slower_than_the_idle_timeout_is_still_sent() {
+        let (addr, _cancel) = start(Limits { idle_timeout: 200 * MS, max_connections: 16 }).await;
+        let answer = exchange(addr, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("slow"), "{answer:?}");
+    }
+
     #[tokio::test]
     async fn at_the_cap_new_connections_wait_until_a_slot_frees() {
-        let (addr, _cancel) = start(Limits { header_read_timeout: 1000 * MS, max_connections: 4 }).await;
+        let (addr, _cancel) = start(Limits { idle_timeout: 1000 * MS, max_connections: 4 }).await;
         let mut silent = connect_many(addr, 4).await;
         tokio::time::sleep(50 * MS).await;
         let started = tokio::time::Instant::now();
@@ -169,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn below_the_cap_a_request_is_answered_while_slow_clients_hold_connections() {
-        let (addr, _cancel) = start(Limits { header_read_timeout: Duration::from_secs(30), max_connections: 8 }).await;
+        let (addr, _cancel) = start(Limits { idle_timeout: Duration::from_secs(30), max_connections: 8 }).await;
         let _silent = connect_many(addr, 7).await;
         let answer = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
