@@ -25,7 +25,8 @@
 //!   readiness latch. Only the poller writes it.
 //! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
 //! - the `edge` crate (`edge/`): the request path — the listener (HTTP/1.1, idle timeout, connection cap,
-//!   graceful shutdown) and the fast path in front of the router; a crate of its own for its opt-level.
+//!   graceful shutdown) and the fast path in front of the router; a crate of its own, which knows nothing
+//!   of secrets, with an opt-level of its own.
 //! - [`health`]: what healthy means, and the `healthcheck` probe.
 //! - [`metrics`]: Prometheus counters and gauges at `/metrics`.
 //! - [`shutdown`]: signals and the shutdown grace period.

@@ -5,9 +5,10 @@
 //! every route and a [`FastPath`] that answers the one request an app makes over and over —
 //! `GET /v1/secrets/NAME` — from memory, without the router's matching, extractors and boxed handlers.
 //!
-//! It is a crate of its own for its build profile (issue 11): the release profile compiles it for speed
-//! and the rest of the sidecar for size. Its functions are not generic over the sidecar's types, so hyper's
-//! connection code is instantiated and optimised here.
+//! It is a crate of its own (issue 11) so that the compiler keeps the request path apart from the store
+//! and the AWS SDK, and so that the release profile can set its opt-level apart from the rest of the
+//! sidecar's: its functions are not generic over the sidecar's types, so hyper's connection code is
+//! instantiated and compiled here (root `Cargo.toml`, beside the profile, says what that measured).
 
 pub mod dispatch;
 pub mod serve;

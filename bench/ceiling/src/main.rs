@@ -2,9 +2,9 @@
 //! the sidecar serves, and nothing else — no token, no store, no layers, no timeouts. Built by `make
 //! ceiling` with the release profile and flags of the sidecar itself (static, LTO, the same per-package
 //! opt-levels, two tokio workers), so the difference between the two is the sidecar's own work. Its own
-//! crate is built for speed, as the sidecar's request-path crate (`edge/`) is: this crate is where axum's
-//! and hyper's generics are instantiated for it, so at the sidecar's size setting the ceiling would be
-//! lower than a bare axum server's (issue 11: 0.97× at opt-level 3 against 1.01× at "z", same sidecar).
+//! crate is built at opt-level 3, as the sidecar's request-path crate (`edge/`) is, and as a bare axum
+//! server would be: this crate is where axum's and hyper's generics are instantiated for it, so the
+//! workspace's size setting would make it a lower ceiling than a real one.
 //!
 //!     ceiling PORT BODY_FILE     # serves GET /v1/secrets/s0 on 127.0.0.1:PORT
 //!
