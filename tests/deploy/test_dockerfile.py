@@ -248,12 +248,15 @@ def build_inputs() -> list[str]:
                 files.append(f"{folder}/{t['name']}/main.rs")
             else:
                 files.append(f"{folder}/{t['name']}.rs")
-    # Workspace members (bench/ceiling): cargo loads each member's manifest and its targets for any build.
+    # Workspace members: cargo loads each member's manifest and its targets for any build (bench/ceiling),
+    # and compiles all of a member the sidecar depends on (edge).
     for member in manifest.get("workspace", {}).get("members", []):
         if member != ".":
             files.append(f"{member}/Cargo.toml")
             sub = tomllib.loads(read(f"{member}/Cargo.toml"))
             files += [f"{member}/{t['path']}" for t in sub.get("bin", []) if "path" in t]
+            files += [str(p.relative_to(ROOT)) for p in (ROOT / member / "src").rglob("*") if p.is_file()]
+    files = list(dict.fromkeys(files))
     if "build" in manifest.get("package", {}) and isinstance(manifest["package"]["build"], str):
         files.append(manifest["package"]["build"])
     for src in (ROOT / "src").rglob("*.rs"):
@@ -278,3 +281,9 @@ def test_dockerignore_check_catches_an_excluded_source_dir():
 def test_dockerignore_check_catches_an_excluded_workspace_member():
     patterns = dockerignore_patterns(read(".dockerignore")) + ["bench"]
     assert [f for f in build_inputs() if ignored(patterns, f)] == ["bench/ceiling/Cargo.toml", "bench/ceiling/src/main.rs"]
+
+
+def test_dockerignore_check_catches_an_excluded_dependency_member():
+    patterns = dockerignore_patterns(read(".dockerignore")) + ["edge/src"]
+    assert sorted(f for f in build_inputs() if ignored(patterns, f)) == [
+        "edge/src/dispatch.rs", "edge/src/lib.rs", "edge/src/serve.rs"]
