@@ -1,10 +1,11 @@
 //! The HTTP face: secrets served from memory on a loopback address. How connections are accepted, timed
-//! out and capped is [`crate::serve`]'s concern; this module is the routes.
+//! out and capped, and how a request reaches the fast path or the router, is the `edge` crate's concern;
+//! this module is the routes, and [`Reads`], the fast path for `GET /v1/secrets/NAME`.
 //!
 //! Every path under `/v1/` needs `X-Secrets-Sidecar-Token`, compared in constant time. A request carrying
 //! `X-Forwarded-For` is refused on every route: a proxied request did not come from inside the task, and the
 //! AWS agent refuses them for the same reason (SSRF through a proxy in the app container). Both checks are
-//! one layer, [`Guard`], in front of the router's every route and fallback; a refusal is answered without
+//! one layer, `Guard`, in front of the router's every route and fallback; a refusal is answered without
 //! allocating a future. Every error —
 //! ours, the router's 404 and 405, a malformed path or query, a timeout — leaves through [`ApiError`] as
 //! `{"error": "…"}` built by serde, with fixed texts: no internal detail and no secret material can reach a
@@ -53,7 +54,6 @@ pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 /// `State` extractor: one shared counter to touch instead of one per field, which both workers would
 /// bounce between their cores (issue 11: 1.06x the req/s on 8 connections). Cloning a `String` per
 /// request showed up in the profile before that, hence the token's `Arc`.
-#[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
     pub poller: Poller,
@@ -168,8 +168,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// The checks every request passes before it is routed: no `X-Forwarded-For` anywhere, and the token
-/// under [`TOKEN_PREFIX`]. Two header lookups and a constant-time compare; an answer that passes costs no
-/// allocation (issue 11: the two `middleware::from_fn` layers it replaces boxed a future each per request).
+/// under [`TOKEN_PREFIX`] ([`refusal`]). One pass over the headers and a constant-time compare; an answer
+/// that passes costs no allocation (issue 11: the two `middleware::from_fn` layers it replaces boxed a future each per request).
 #[derive(Clone)]
 struct Guard {
     /// `None` with `--no-token`.
@@ -289,12 +289,7 @@ async fn get_secret(
         Some("AWSPENDING") => true,
         Some(_) => return Err(ApiError::BadRequest("stage must be AWSCURRENT or AWSPENDING")),
     };
-    let read = read_secret(&state, &name, pending, req.headers())?;
-    let mut res = Response::default();
-    *res.status_mut() = read.status;
-    read.set_headers(res.headers_mut());
-    *res.body_mut() = axum::body::Body::from(read.body);
-    Ok(res)
+    Ok(read_secret(&state, &name, pending, req.headers())?.into_response())
 }
 
 /// The answer to `GET /v1/secrets/NAME`, from the router or the fast path ([`Reads`]).
@@ -306,13 +301,17 @@ struct SecretRead {
 }
 
 impl SecretRead {
-    fn set_headers(&self, headers: &mut HeaderMap) {
+    /// The answer with the body type of either path: axum's for the router, `Full` for the fast path.
+    fn into_response<B: From<Bytes>>(self) -> hyper::Response<B> {
+        let mut res = hyper::Response::new(B::from(self.body));
+        *res.status_mut() = self.status;
         if let Some(content_type) = self.content_type {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
-        if let Some(etag) = &self.etag {
-            headers.insert(header::ETAG, etag.clone());
+        if let Some(etag) = self.etag {
+            res.headers_mut().insert(header::ETAG, etag);
         }
+        res
     }
 }
 
@@ -350,7 +349,7 @@ fn read_secret(state: &AppState, name: &str, pending: bool, headers: &HeaderMap)
 
 /// The fast path of [`edge`]: `GET /v1/secrets/NAME` — what an app's hook asks at every new database
 /// connection — answered without the router (issue 11). It answers only what it can answer exactly as the
-/// router would, the same [`read_secret`] behind the same [`refusal`], with the header [`last_word`] adds;
+/// router would, the same `read_secret` behind the same `refusal`, with the header `last_word` adds;
 /// everything else — another method or path, a query, a name that needs decoding, a refusal, an error —
 /// it declines, and the router answers that.
 pub struct Reads(Arc<AppState>);
@@ -365,12 +364,8 @@ impl edge::FastPath for Reads {
         if refusal(headers, uri.path(), self.0.token.as_deref()).is_some() {
             return None;
         }
-        let read = read_secret(&self.0, name, false, headers).ok()?;
-        let mut res = hyper::Response::new(Full::default());
-        *res.status_mut() = read.status;
-        read.set_headers(res.headers_mut());
+        let mut res = read_secret(&self.0, name, false, headers).ok()?.into_response::<Full<Bytes>>();
         res.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
-        *res.body_mut() = Full::new(read.body);
         Some(res)
     }
 }
