@@ -39,6 +39,7 @@ deps:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps --workspace --quiet
 
 fmt:
 	$(CARGO) fmt

@@ -761,7 +761,7 @@ impl FromStr for SignalName {
 pub enum SignalTarget {
     /// The pid in this file, read at each firing (Puma's `pidfile`).
     PidFile(PathBuf),
-    /// Every process whose `/proc/PID/comm` or argv[0] file name is this.
+    /// Every process whose `/proc/PID/comm` or `argv[0]` file name is this.
     Process(String),
 }
 

@@ -7,7 +7,7 @@
 //! router's clone of a boxed route, its path and query extractors and their allocations, and the boxed
 //! response body.
 //!
-//! Each connection's [`Edge`] also counts what it has been asked, for [`crate::serve`]'s idle check: a
+//! Each connection's [`Edge`] also counts what it has been asked, for [`mod@crate::serve`]'s idle check: a
 //! count and a flag, not a timer per request.
 
 use std::convert::Infallible;

@@ -1,4 +1,4 @@
-//! The sidecar's request path, from the accepted socket to the answer: [`serve`] decides which connections
+//! The sidecar's request path, from the accepted socket to the answer: [`mod@serve`] decides which connections
 //! are served and for how long, [`dispatch`] sends each request to the fast path or to the router.
 //!
 //! This crate knows nothing of secrets. The sidecar (`src/http.rs`) gives it an axum [`axum::Router`] for
