@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use secrets_sidecar::config::FileOptions;
+use secrets_sidecar::publish::FileOptions;
 use secrets_sidecar::publish::Publisher;
 
 const ROUNDS: usize = 300;

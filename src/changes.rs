@@ -1,6 +1,6 @@
-//! Who published what: one counter per published name (a secret, an `rds-iam://` token, and whatever is
-//! rendered from them), raised after the file is in place. Renderers and on-change actions downstream
-//! watch the counters of the names they depend on; the publishers never know who listens.
+//! Who published what: one counter per published name (a secret, an `rds-iam://` token, a rendered
+//! template), raised after the file is in place. Renderers and on-change actions downstream watch the
+//! counters of the names they depend on; the publishers never know who listens.
 //!
 //! A counter is a [`tokio::sync::watch`]: a listener sees the latest count, never a queue of them, so a
 //! slow listener cannot make a publisher wait and a burst of publications reaches it as one wake-up —
@@ -8,39 +8,30 @@
 //!
 //! The counter rises on the first publication of a name in this process, whatever the file held before
 //! (so a renderer can start as soon as its inputs are there), and after that only when the file's bytes
-//! changed ([`Outcome::Written`]): a new version with the same content is not a change anyone must act on.
-//! So count 1 is always "the initial publish" — on-change actions skip it unless asked.
+//! were rewritten: a new version with the same content is not a change anyone must act on. So count 1 is
+//! always "the initial publish" — on-change actions skip it unless asked.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::task::Poll;
 
 use tokio::sync::watch;
 
-use crate::publish::Outcome;
+/// One name's counter. Its store entry owns it; [`Counter::published`] is called after each publication.
+#[derive(Debug)]
+pub struct Counter(watch::Sender<u64>);
 
-/// The counters, created once at start for every name that will be published.
-#[derive(Debug, Default)]
-pub struct Changes {
-    counters: HashMap<String, watch::Sender<u64>>,
+impl Default for Counter {
+    fn default() -> Self {
+        Counter(watch::Sender::new(0))
+    }
 }
 
-impl Changes {
-    pub fn new<I, S>(names: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let counters = names.into_iter().map(|n| (n.into(), watch::Sender::new(0))).collect();
-        Changes { counters }
-    }
-
-    /// Records that `name` was published with `outcome`; returns whether its counter rose.
-    pub fn published(&self, name: &str, outcome: Outcome) -> bool {
-        let Some(counter) = self.counters.get(name) else { return false };
+impl Counter {
+    /// Records a publication, `rewritten` when the file's bytes changed; returns whether the count rose.
+    pub fn published(&self, rewritten: bool) -> bool {
         // `send_if_modified` notifies even without receivers and never blocks.
-        counter.send_if_modified(|count| {
-            if *count == 0 || outcome == Outcome::Written {
+        self.0.send_if_modified(|count| {
+            if *count == 0 || rewritten {
                 *count += 1;
                 true
             } else {
@@ -49,24 +40,14 @@ impl Changes {
         })
     }
 
-    /// A receiver of `name`'s counter, or `None` for a name that is never published.
-    pub fn subscribe(&self, name: &str) -> Option<watch::Receiver<u64>> {
-        self.counters.get(name).map(watch::Sender::subscribe)
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
     }
 
-    /// The count so far (0: not published yet). Only tests ask; what runs waits on [`Watch`].
+    /// The count so far (0: not published yet). Only tests ask; what runs waits on a [`Watch`].
     #[cfg(test)]
-    pub fn count(&self, name: &str) -> Option<u64> {
-        self.counters.get(name).map(|c| *c.borrow())
-    }
-
-    /// The counters of `names`, watched together; `Err` names the first one that is never published.
-    pub fn watch<S: AsRef<str>>(&self, names: &[S]) -> Result<Watch, String> {
-        let counters = names
-            .iter()
-            .map(|n| self.subscribe(n.as_ref()).ok_or_else(|| n.as_ref().to_owned()))
-            .collect::<Result<_, _>>()?;
-        Ok(Watch { names: names.iter().map(|n| n.as_ref().to_owned()).collect(), counters })
+    pub fn count(&self) -> u64 {
+        *self.0.borrow()
     }
 }
 
@@ -79,6 +60,12 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// Watches `counters`, each under the name beside it.
+    pub fn new(watched: impl IntoIterator<Item = (String, watch::Receiver<u64>)>) -> Self {
+        let (names, counters) = watched.into_iter().unzip();
+        Watch { names, counters }
+    }
+
     /// The names watched, in the order given.
     pub fn names(&self) -> &[String] {
         &self.names
@@ -113,31 +100,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_publication_counts_even_unchanged_then_only_written_bytes() {
-        let changes = Changes::new(["db"]);
-        assert_eq!(changes.count("db"), Some(0));
-        assert!(changes.published("db", Outcome::Unchanged), "a restarted sidecar's first publish counts");
-        assert_eq!(changes.count("db"), Some(1));
-        assert!(!changes.published("db", Outcome::Unchanged));
-        assert_eq!(changes.count("db"), Some(1));
-        assert!(changes.published("db", Outcome::Written));
-        assert_eq!(changes.count("db"), Some(2));
-    }
-
-    #[test]
-    fn unknown_names_are_ignored() {
-        let changes = Changes::new(["db"]);
-        assert!(!changes.published("other", Outcome::Written));
-        assert!(changes.subscribe("other").is_none());
-        assert_eq!(changes.count("other"), None);
+    fn the_first_publication_counts_even_unchanged_then_only_rewritten_bytes() {
+        let counter = Counter::default();
+        assert_eq!(counter.count(), 0);
+        assert!(counter.published(false), "a restarted sidecar's first publish counts");
+        assert_eq!(counter.count(), 1);
+        assert!(!counter.published(false));
+        assert_eq!(counter.count(), 1);
+        assert!(counter.published(true));
+        assert_eq!(counter.count(), 2);
     }
 
     #[tokio::test]
     async fn a_burst_reaches_a_listener_as_one_wake_up_with_the_latest_count() {
-        let changes = Changes::new(["db"]);
-        let mut rx = changes.subscribe("db").unwrap();
+        let counter = Counter::default();
+        let mut rx = counter.subscribe();
         for _ in 0..3 {
-            changes.published("db", Outcome::Written);
+            counter.published(true);
         }
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow_and_update(), 3);
@@ -146,11 +125,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_watch_wakes_on_a_rise_of_any_of_its_names() {
-        let changes = Changes::new(["db", "redis"]);
-        assert_eq!(changes.watch(&["db", "other"]).unwrap_err(), "other");
-        let mut watch = changes.watch(&["db", "redis"]).unwrap();
+        let (db, redis) = (Counter::default(), Counter::default());
+        let mut watch = Watch::new([("db".to_owned(), db.subscribe()), ("redis".to_owned(), redis.subscribe())]);
+        assert_eq!(watch.names(), ["db", "redis"]);
         assert_eq!(watch.counts(), [0, 0]);
-        changes.published("redis", Outcome::Written);
+        redis.published(true);
         assert!(watch.changed().await);
         assert_eq!(watch.counts(), [0, 1]);
         let waited = tokio::time::timeout(std::time::Duration::from_secs(1), watch.changed()).await;

@@ -1,7 +1,7 @@
 //! Rendering a JSON secret as a dotenv file (`format=env`): one `KEY=value` line per top-level key, in the
 //! order of the JSON object. A pure function of the value; the poller publishes what it returns.
 //!
-//! # The quoting, and why (issue 10)
+//! # The quoting, and why
 //! The file is read by parsers that agree on little: POSIX `sh` sourcing (`set -a; . FILE`), Ruby's `dotenv`
 //! (Debian 12 ships 2.4: it splits the file into lines before parsing, runs `$(…)` and expands `$VAR` in
 //! double quotes and bare values, and unescapes `\X` in double quotes), python-dotenv 1.2 (expands `${X}`
@@ -32,13 +32,9 @@ use std::fmt;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::secret::SecretValue;
-
 /// Why a secret cannot be rendered. Names a key, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
-    #[error("not a JSON object")]
-    NotAnObject,
     #[error("key {0:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")]
     BadKey(String),
     #[error("the value of key {key:?} {problem}")]
@@ -161,13 +157,6 @@ pub fn render(object: &Map<String, Value>) -> Result<Zeroizing<String>, EnvError
     Ok(out)
 }
 
-/// [`render`] of a secret's bytes, which must be a JSON object.
-pub fn render_secret(value: &[u8]) -> Result<SecretValue, EnvError> {
-    let object: Map<String, Value> = serde_json::from_slice(value).map_err(|_| EnvError::NotAnObject)?;
-    let text = render(&object)?;
-    Ok(SecretValue::new(text.as_bytes().to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,17 +238,16 @@ mod tests {
     #[test]
     fn keys_keep_the_json_order_and_other_values_are_json_text() {
         let json = br#"{"Z":"last?","A":1,"port":5432,"ssl":true,"none":null,"list":[1,"x"],"obj":{"k":"v"},"f":1.5}"#;
-        let out = render_secret(json).unwrap();
+        let out = render(&serde_json::from_slice(json).unwrap()).unwrap();
         assert_eq!(
-            std::str::from_utf8(out.expose()).unwrap(),
+            out.as_str(),
             "Z='last?'\nA=1\nport=5432\nssl=true\nnone=null\nlist='[1,\"x\"]'\nobj='{\"k\":\"v\"}'\nf=1.5\n"
         );
-        assert_eq!(render_secret(b"{}").unwrap().expose(), b"");
-        assert_eq!(render_secret(b"[1]").unwrap_err(), EnvError::NotAnObject);
+        assert_eq!(render(&Map::new()).unwrap().as_str(), "");
     }
 
     proptest! {
-        /// What the README promises is never refused: no line break or NUL, and no `'` or backslash.
+        /// What docs/boot-secrets.md promises is never refused: no line break or NUL, and no `'` or backslash.
         #[test]
         fn values_without_line_breaks_quotes_or_backslashes_are_always_written(value in "[^\n\r\0'\\\\]{0,40}") {
             prop_assert!(quoting(&value).is_ok());

@@ -27,8 +27,8 @@ use crate::store::Store;
 
 /// The probe gives up after this long; ECS's own healthCheck timeout is 5 s by default.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Unhealthy when a published RDS IAM token expires within this long: it was due for renewal
-/// ([`crate::tokens::RENEW_BEFORE_EXPIRY`] earlier) and every renewal since has failed.
+/// Unhealthy when a published RDS IAM token expires within this long: its task renews a token two
+/// minutes before it expires, so by then every renewal since has failed.
 pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,18 +77,18 @@ pub fn health_at(store: &Store, now: Instant, wall: SystemTime, max_staleness: O
     let mut stale = false;
     let mut expiring = false;
     let secrets = store
-        .all()
-        .into_iter()
-        .map(|s| {
-            let age = s.age(now);
+        .entries()
+        .map(|entry| {
+            let s = entry.state();
+            let age = s.last_success.map(|(at, _)| now.saturating_duration_since(at));
             let is_stale = matches!((max_staleness, age), (Some(max), Some(age)) if age > max);
             stale |= is_stale;
-            let expires_in = s.expires_at.map(|at| match at.duration_since(wall) {
+            let expires_in = s.current.as_ref().and_then(|v| v.expires_at()).map(|at| match at.duration_since(wall) {
                 Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
                 Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
             });
             expiring |= expires_in.is_some_and(|left| left < TOKEN_EXPIRY_MARGIN.as_secs() as i64);
-            let entry = SecretHealth {
+            let health = SecretHealth {
                 ready: s.current.is_some(),
                 version_id: s.current.as_ref().map(|v| v.id.clone()),
                 age_seconds: age.map(|a| a.as_secs()),
@@ -96,7 +96,7 @@ pub fn health_at(store: &Store, now: Instant, wall: SystemTime, max_staleness: O
                 last_error: s.last_error.clone(),
                 expires_in_seconds: expires_in,
             };
-            (s.spec.name.clone(), entry)
+            (entry.name().to_owned(), health)
         })
         .collect();
     let status = match (store.is_ready(), stale, expiring) {
@@ -151,11 +151,9 @@ mod tests {
     use std::time::SystemTime;
 
     fn publish(store: &Store, name: &str, now: Instant) {
-        store.update(name, |s| {
-            s.current =
-                Some(Arc::new(Version::new("v1".into(), SecretValue::from("{}".to_owned()), SystemTime::now())));
-            s.last_success = Some((now, SystemTime::now()));
-        });
+        let entry = store.get(name).unwrap();
+        entry.publish(Arc::new(Version::rendered("v1".into(), SecretValue::from("{}".to_owned()))), true);
+        entry.checked(now, None, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -166,7 +164,7 @@ mod tests {
         assert_eq!(health(&store, now, None).status, HealthStatus::Starting);
         publish(&store, "b", now);
         // An outage afterwards: errors are reported, health stays.
-        store.update("a", |s| s.last_error = Some("timed out".into()));
+        store.get("a").unwrap().set_error(Some("timed out".into()));
         tokio::time::advance(Duration::from_secs(3600)).await;
         let h = health(&store, Instant::now(), None);
         assert!(h.is_healthy());
@@ -191,9 +189,9 @@ mod tests {
     fn an_iam_token_turns_health_red_only_when_it_would_expire_unrenewed() {
         let store = Store::for_names(&["db"]);
         let now = Instant::now();
-        publish(&store, "db", now);
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        store.update("db", |s| s.expires_at = Some(wall + Duration::from_secs(900)));
+        let token = Version::token("v1".into(), SecretValue::from("{}".to_owned()), wall + Duration::from_secs(900));
+        store.get("db").unwrap().publish(Arc::new(token), true);
         let h = health_at(&store, now, wall, None);
         assert_eq!((h.status, h.secrets["db"].expires_in_seconds), (HealthStatus::Ok, Some(900)));
         // Renewals failing since the 10-minute mark: healthy while more than a minute is left.

@@ -1,6 +1,6 @@
 //! The HTTP face: secrets served from memory on a loopback address. How connections are accepted, timed
 //! out and capped, and how a request reaches the fast path or the router, is the `edge` crate's concern;
-//! this module is the routes, and [`Reads`], the fast path for `GET /v1/secrets/NAME`.
+//! this module is the routes, and [`FastRead`], the fast path for `GET /v1/secrets/NAME`.
 //!
 //! Every path under `/v1/` needs `X-Secrets-Sidecar-Token`, compared in constant time. A request carrying
 //! `X-Forwarded-For` is refused on every route: a proxied request did not come from inside the task, and the
@@ -10,7 +10,7 @@
 //! ours, the router's 404 and 405, a malformed path or query, a timeout — leaves through [`ApiError`] as
 //! `{"error": "…"}` built by serde, with fixed texts: no internal detail and no secret material can reach a
 //! body. One last layer sets `Cache-Control: no-store` on every answer. The handlers read the store; the only way
-//! they reach AWS is the poller's refresh.
+//! they reach AWS is a refresh asked of the entry's task through [`Refreshers`].
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -31,8 +31,9 @@ use subtle::ConstantTimeEq;
 use tower::util::MapResponseLayer;
 use tower::{Layer, Service};
 
-use crate::config::{Format, valid_name};
-use crate::poller::Poller;
+use crate::entry::valid_name;
+use crate::metrics::Metrics;
+use crate::refresh::Refreshers;
 use crate::secret::{SecretString, SecretValue};
 use crate::store::{Store, Version};
 
@@ -46,17 +47,18 @@ const TOKEN_PREFIX: &str = "/v1/";
 /// How long `POST …/refresh` waits for its check before answering 504 — the one request that can block
 /// (a check is up to three Secrets Manager calls of at most 10 s each, and may first wait for a running
 /// one). A check that takes longer is not cancelled: it finishes in the secret's task, and the next read
-/// sees its result. Reads are memory lookups and get no timer: arming one per request cost a wake-up of
-/// the runtime's I/O driver per request (issue 11).
+/// sees its result. Reads are memory lookups and get no timer: arming one per request costs a wake-up of
+/// the runtime's I/O driver per request.
 pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What every handler reads. The router holds it behind one `Arc`, which it clones per request and per
 /// `State` extractor: one shared counter to touch instead of one per field, which both workers would
-/// bounce between their cores (issue 11: 1.06x the req/s on 8 connections). Cloning a `String` per
-/// request showed up in the profile before that, hence the token's `Arc`.
+/// bounce between their cores. The token is an `Arc` for the same reason: no `String` cloned per request.
 pub struct AppState {
     pub store: Arc<Store>,
-    pub poller: Poller,
+    /// Where `POST …/refresh` is sent: the entry's task.
+    pub refreshers: Refreshers,
+    pub metrics: Arc<Metrics>,
     /// `None` with `--no-token`.
     pub token: Option<Arc<SecretString>>,
     pub max_staleness: Option<Duration>,
@@ -68,7 +70,7 @@ pub fn app(state: AppState) -> edge::Routes {
 }
 
 fn app_from(state: Arc<AppState>) -> edge::Routes {
-    edge::Routes::new(router(state.clone()), Reads(state))
+    edge::Routes::new(router(state.clone()), FastRead(state))
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -88,7 +90,7 @@ fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(guard)
         // A plain function, not an async middleware: it runs on every answer.
-        .layer(MapResponseLayer::new(last_word))
+        .layer(MapResponseLayer::new(uniform_answer))
         .with_state(state)
 }
 
@@ -138,10 +140,10 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// The last word on every answer: `Cache-Control: no-store`, and the net under the handlers — an error
-/// answer that did not come from [`ApiError`] (a framework rejection, say) is replaced by one that did,
-/// so every error body has the same shape.
-fn last_word(res: Response) -> Response {
+/// What every answer gets on its way out: `Cache-Control: no-store`, and the net under the handlers — an
+/// error answer that did not come from [`ApiError`] (a framework rejection, say) is replaced by one that
+/// did, so every error body has the same shape.
+fn uniform_answer(res: Response) -> Response {
     let status = res.status();
     let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
     let mut res = if (status.is_client_error() || status.is_server_error()) && !is_json {
@@ -164,12 +166,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.poller.metrics().encode()).into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.encode()).into_response()
 }
 
 /// The checks every request passes before it is routed: no `X-Forwarded-For` anywhere, and the token
 /// under [`TOKEN_PREFIX`] ([`refusal`]). One pass over the headers and a constant-time compare; an answer
-/// that passes costs no allocation (issue 11: the two `middleware::from_fn` layers it replaces boxed a future each per request).
+/// that passes costs no allocation (an async `middleware::from_fn` would box a future per request).
 #[derive(Clone)]
 struct Guard {
     /// `None` with `--no-token`.
@@ -213,8 +215,8 @@ where
 /// Why a request for `path` with `headers` is refused before routing, if it is. A forwarded request is
 /// refused first, token or not.
 fn refusal(headers: &HeaderMap, path: &str, token: Option<&SecretString>) -> Option<ApiError> {
-    // One pass over the few headers a client sends, not two lookups: a lookup hashes the name, FNV over
-    // 15–23 bytes for these two, which was 1.6% of the samples of a GET under `wrk -c64` (issue 11).
+    // One pass over the few headers a client sends, not two lookups: a lookup hashes the name (FNV over
+    // 15–23 bytes for these two), which shows in a profile of GETs under load.
     let mut given: Option<&HeaderValue> = None;
     for (name, value) in headers {
         if name == X_FORWARDED_FOR {
@@ -255,17 +257,19 @@ struct SecretList {
 async fn list(State(state): State<Arc<AppState>>) -> Response {
     let secrets = state
         .store
-        .all()
-        .into_iter()
-        .map(|s| SecretMeta {
-            name: s.spec.name.clone(),
-            secret_id: s.spec.secret_id.clone(),
-            format: s.spec.format.as_str(),
-            mode: s.view.mode,
-            version_id: s.current.as_ref().map(|v| v.id.clone()),
-            last_refresh: s.last_success.map(|(_, t)| humantime::format_rfc3339_seconds(t).to_string()),
-            last_error: s.last_error,
-            rotation_in_progress: s.view.rotation_in_progress,
+        .entries()
+        .map(|entry| {
+            let s = entry.state();
+            SecretMeta {
+                name: entry.name().to_owned(),
+                secret_id: entry.kind().source(),
+                format: entry.kind().format_name(),
+                mode: s.view.mode,
+                version_id: s.current.as_ref().map(|v| v.id.clone()),
+                last_refresh: s.last_success.map(|(_, t)| humantime::format_rfc3339_seconds(t).to_string()),
+                last_error: s.last_error,
+                rotation_in_progress: s.view.rotation_in_progress,
+            }
         })
         .collect();
     axum::Json(SecretList { secrets }).into_response()
@@ -292,7 +296,7 @@ async fn get_secret(
     Ok(read_secret(&state, &name, pending, req.headers())?.into_response())
 }
 
-/// The answer to `GET /v1/secrets/NAME`, from the router or the fast path ([`Reads`]).
+/// The answer to `GET /v1/secrets/NAME`, from the router or the fast path ([`FastRead`]).
 struct SecretRead {
     status: StatusCode,
     content_type: Option<&'static str>,
@@ -316,45 +320,36 @@ impl SecretRead {
 }
 
 fn read_secret(state: &AppState, name: &str, pending: bool, headers: &HeaderMap) -> Result<SecretRead, ApiError> {
-    // Under the read lock: the format and one `Arc`, no copy of the secret's state.
-    let (format, version) = state
-        .store
-        .read_with(name, |s| (s.spec.format, if pending { s.view.pending.clone() } else { s.current.clone() }))
-        .ok_or(ApiError::NotFound("unknown secret"))?;
+    let entry = state.store.get(name).ok_or(ApiError::NotFound("unknown secret"))?;
+    // Under the entry's read lock: one `Arc`, no copy of its state.
+    let version = entry.read(|s| if pending { s.view.pending.clone() } else { s.current.clone() });
     let version = match (version, pending) {
         (Some(v), _) => v,
         (None, false) => return Err(ApiError::NotReady),
         (None, true) => return Err(ApiError::NotFound("no readable pending version")),
     };
-    let etag = version.etag.clone();
+    let etag = version.etag().cloned();
     if etag.as_ref().is_some_and(|etag| if_none_match(headers, etag)) {
         return Ok(SecretRead { status: StatusCode::NOT_MODIFIED, content_type: None, etag, body: Bytes::new() });
     }
-    let (content_type, body) = match format {
-        // The body shares the published bytes: no copy of the value per request.
-        Format::Json => ("application/json", Bytes::from_owner(SharedValue(version))),
-        Format::Raw => ("application/octet-stream", Bytes::from_owner(SharedValue(version))),
-        // The rendered file, as published.
-        Format::Template => ("text/plain; charset=utf-8", Bytes::from_owner(SharedValue(version))),
-        // What the file holds: the dotenv file, rendered again from the stored JSON (a pure function of
-        // it; the poller published this version only after it rendered).
-        Format::Env => {
-            let file = crate::dotenv::render_secret(version.value.expose()).map_err(|_| ApiError::NotReady)?;
-            // Owned by the body, so the rendered secret is zeroed when the body is dropped, as the value is.
-            ("text/plain; charset=utf-8", Bytes::from_owner(RenderedValue(file)))
-        }
-    };
-    Ok(SecretRead { status: StatusCode::OK, content_type: Some(content_type), etag, body })
+    // The bytes the file got, shared with the version: no copy, parse or render per request.
+    let content_type = entry.kind().content_type();
+    Ok(SecretRead {
+        status: StatusCode::OK,
+        content_type: Some(content_type),
+        etag,
+        body: Bytes::from_owner(Content(version)),
+    })
 }
 
 /// The fast path of [`edge`]: `GET /v1/secrets/NAME` — what an app's hook asks at every new database
-/// connection — answered without the router (issue 11). It answers only what it can answer exactly as the
-/// router would, the same `read_secret` behind the same `refusal`, with the header `last_word` adds;
+/// connection — answered without the router. It answers only what it can answer exactly as the router
+/// would, the same `read_secret` behind the same `refusal`, with the header `uniform_answer` adds;
 /// everything else — another method or path, a query, a name that needs decoding, a refusal, an error —
 /// it declines, and the router answers that.
-pub struct Reads(Arc<AppState>);
+pub struct FastRead(Arc<AppState>);
 
-impl edge::FastPath for Reads {
+impl edge::FastPath for FastRead {
     fn answer(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
         if method != Method::GET || uri.query().is_some() {
             return None;
@@ -387,23 +382,19 @@ async fn get_refresh_key(
 }
 
 fn key_value(state: &AppState, name: &str, key: &str) -> Result<Response, ApiError> {
-    // In place under the read lock, like get_secret: the format and one `Arc`.
-    let (format, current) = state
-        .store
-        .read_with(name, |s| (s.spec.format, s.current.clone()))
-        .ok_or(ApiError::NotFound("unknown secret"))?;
-    if matches!(format, Format::Raw | Format::Template) {
+    let entry = state.store.get(name).ok_or(ApiError::NotFound("unknown secret"))?;
+    if !entry.kind().has_keys() {
         return Err(ApiError::NotFound("key lookup needs format json or env"));
     }
-    let version: Arc<Version> = current.ok_or(ApiError::NotReady)?;
-    let object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(version.value.expose()).map_err(|_| ApiError::NotReady)?;
-    let text = match object.get(key).ok_or(ApiError::NotFound("unknown key"))? {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut res = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
-    set_etag(&mut res, &version.etag);
+    let version: Arc<Version> = entry.current().ok_or(ApiError::NotReady)?;
+    // Made once per version; a copy that is zeroed when the body is dropped, as the value is.
+    let text = version.key(key).ok_or(ApiError::NotFound("unknown key"))?.clone();
+    let mut res =
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], axum::body::Body::from(Bytes::from_owner(Owned(text))))
+            .into_response();
+    if let Some(etag) = version.etag() {
+        res.headers_mut().insert(header::ETAG, etag.clone());
+    }
     Ok(res)
 }
 
@@ -413,37 +404,37 @@ async fn refresh(
 ) -> Result<Response, ApiError> {
     let Path(name) = name?;
     // Dropping this future (the client hung up, or the timeout fired) only stops the waiting.
-    match tokio::time::timeout(REFRESH_TIMEOUT, state.poller.refresh_now(&name)).await {
+    match tokio::time::timeout(REFRESH_TIMEOUT, state.refreshers.refresh(&name)).await {
         Err(_) => Err(ApiError::Status(StatusCode::GATEWAY_TIMEOUT)),
         Ok(None) => Err(ApiError::NotFound("unknown secret")),
         Ok(Some(Ok(report))) => Ok(axum::Json(report).into_response()),
-        // The detail is logged by the poller; the body stays generic.
+        // The detail is logged by the entry's task; the body stays generic.
         Ok(Some(Err(_))) => Err(ApiError::Upstream),
     }
 }
 
-/// A version's bytes as an HTTP body without a copy: the body holds the version, whose value is zeroed
-/// when the last holder drops it.
-struct SharedValue(Arc<Version>);
+/// A version's file bytes as an HTTP body without a copy: the body holds the version, whose value is
+/// zeroed when the last holder drops it.
+struct Content(Arc<Version>);
 
-impl AsRef<[u8]> for SharedValue {
+impl AsRef<[u8]> for Content {
     fn as_ref(&self) -> &[u8] {
-        self.0.value.expose()
+        self.0.content().expose()
     }
 }
 
-/// A body rendered for this request (format=env), zeroed when the body is dropped.
-struct RenderedValue(SecretValue);
+/// A body copied for this request (a key's value), zeroed when the body is dropped.
+struct Owned(SecretValue);
 
-impl AsRef<[u8]> for RenderedValue {
+impl AsRef<[u8]> for Owned {
     fn as_ref(&self) -> &[u8] {
         self.0.expose()
     }
 }
 
 /// `If-None-Match` as RFC 9110 has it: `*`, or a list of (possibly weak) tags.
-/// Bytes, not `str`: checking the ETag for UTF-8 on every GET, with or without the header, showed in the
-/// profile (issue 11), and a tag that is not visible ASCII matches no ETag we make anyway.
+/// Bytes, not `str`: a UTF-8 check of the ETag on every GET shows in a profile, and a tag that is not
+/// visible ASCII matches no ETag we make anyway.
 fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     let etag = etag.as_bytes();
     headers.get_all(header::IF_NONE_MATCH).iter().any(|v| {
@@ -454,19 +445,14 @@ fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
     })
 }
 
-fn set_etag(res: &mut Response, etag: &Option<HeaderValue>) {
-    if let Some(v) = etag {
-        res.headers_mut().insert(header::ETAG, v.clone());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileOptions, SecretSpec};
-    use crate::poller::Timing;
-    use crate::publish::Publisher;
+    use crate::entry::{Format, SecretSpec};
+    use crate::schedule::Timing;
     use crate::source::{DevSource, Source};
+    use crate::store::Kind;
+    use crate::task::Services;
     use axum::body::Body;
     use http_body_util::BodyExt;
     use hyper::service::Service;
@@ -496,21 +482,21 @@ mod tests {
             SecretSpec { name: "db".into(), secret_id: "db".into(), format },
             SecretSpec { name: "later".into(), secret_id: "later".into(), format: Format::Json },
         ];
-        let store = Arc::new(Store::new(&specs));
+        let kinds =
+            specs.iter().map(|s| (s.name.clone(), Kind::Secret { secret_id: s.secret_id.clone(), format: s.format }));
+        let services = Services::for_tests(Store::new(kinds), &out);
         let timing = Timing {
             refresh_interval: Duration::from_secs(60),
             rotation_poll_interval: Duration::from_secs(2),
             min_refresh_gap: Duration::from_secs(5),
         };
-        let publisher = Publisher::new(out, FileOptions { mode: 0o440, uid: None, gid: None });
-        let tracker = tokio_util::task::TaskTracker::new();
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let poller =
-            Poller::start(Source::Dev(DevSource::new(dev)), store.clone(), publisher, timing, &specs, &tracker, cancel);
-        poller.refresh_now("db").await.unwrap().unwrap();
+        let refreshers =
+            Refreshers::new(crate::poller::start(&services, Source::Dev(DevSource::new(dev)), timing, &specs));
+        refreshers.refresh("db").await.unwrap().unwrap();
         AppState {
-            store,
-            poller,
+            store: services.store,
+            refreshers,
+            metrics: services.metrics,
             token: token.map(|t| Arc::new(SecretString::from(t.to_owned()))),
             max_staleness: None,
         }
@@ -592,7 +578,7 @@ mod tests {
         assert_eq!(call(&app, "GET", "/healthz", &[("x-forwarded-for", "1.2.3.4")]).await.0, StatusCode::BAD_REQUEST);
     }
 
-    /// One layer guards everything (issue 11): `X-Forwarded-For` is refused on every route, the fallbacks
+    /// One layer guards everything : `X-Forwarded-For` is refused on every route, the fallbacks
     /// included, and the token is required on every path under `/v1/` — routed or not — and nowhere else.
     #[tokio::test]
     async fn the_guard_covers_every_route_and_fallback() {
@@ -671,8 +657,8 @@ mod tests {
         assert!(reached.iter().any(|r| r.starts_with("/v1/secrets/db ")), "{reached:?}");
     }
 
-    /// Issue 8: 405s and the router's Path/Query rejections answered text/plain or an empty body, without
-    /// `Cache-Control: no-store`.
+    /// Not only the handlers' errors: 405s and the router's Path/Query rejections too answer JSON with
+    /// `Cache-Control: no-store` (axum's own answers are text/plain or empty).
     #[tokio::test]
     async fn every_error_is_json_and_every_answer_is_no_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -788,7 +774,7 @@ mod tests {
         (differ, fast_answers)
     }
 
-    /// Issue 11: the fast path answers `GET /v1/secrets/NAME` without the router. Wherever it answers, a
+    /// The fast path answers `GET /v1/secrets/NAME` without the router. Wherever it answers, a
     /// client receives the router's answer — the status line, every header and the body, byte for byte —
     /// and it leaves the rest alone.
     #[tokio::test]
@@ -801,7 +787,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let state = Arc::new(state(dir.path(), json, format, Some("tok")).await);
             let routes = app_from(state.clone());
-            let (differ, fast_answers) = differences(routes, super::router(state.clone()), &Reads(state)).await;
+            let (differ, fast_answers) = differences(routes, super::router(state.clone()), &FastRead(state)).await;
             assert_eq!(differ, Vec::<String>::new(), "{format:?}");
             // GET with the token, plain or conditional (200, 304, 200), and in absolute form.
             assert_eq!(fast_answers, 4, "{format:?}");
@@ -811,7 +797,7 @@ mod tests {
     /// Negative control for the test above: a fast path that leaves out one header is caught.
     #[tokio::test]
     async fn a_fast_path_that_differs_from_the_router_is_caught() {
-        struct WithoutNoStore(Reads);
+        struct WithoutNoStore(FastRead);
         impl edge::FastPath for WithoutNoStore {
             fn answer(&self, m: &Method, u: &Uri, h: &HeaderMap) -> Option<hyper::Response<Full<Bytes>>> {
                 let mut res = self.0.answer(m, u, h)?;
@@ -821,8 +807,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let state = Arc::new(state(dir.path(), r#"{"db": {"user": "app"}}"#, Format::Json, Some("tok")).await);
-        let careless = edge::Routes::new(super::router(state.clone()), WithoutNoStore(Reads(state.clone())));
-        let (differ, _) = differences(careless, super::router(state.clone()), &Reads(state)).await;
+        let careless = edge::Routes::new(super::router(state.clone()), WithoutNoStore(FastRead(state.clone())));
+        let (differ, _) = differences(careless, super::router(state.clone()), &FastRead(state)).await;
         assert_eq!(differ.len(), 4, "{differ:#?}");
     }
 

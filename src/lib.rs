@@ -3,55 +3,68 @@
 //! connection and a rotation becomes a non-event.
 //!
 //! # Layout
-//! Data flows one way: configuration → source → poller → (files, store) → HTTP.
+//! Data flows one way — configuration → source → task → (file, store) → HTTP — and so do the imports:
+//! each module uses only modules on the floors below it, never one beside or above it.
+//!
+//! ```text
+//!  6  main, lib (run)          parse, wire, run
+//!  5  config                   the command line, validated into a Config
+//!  4  poller  tokens           one task per entry: a secret's checks, a token's signings
+//!     template  actions        renders and on-change actions, woken by change counters
+//!     http  health             the loopback face, the meaning of healthy
+//!  3  task                     the loop every checking task runs, and the services a run shares
+//!  2  publish                  atomic files, and the one publish step: file → store → counter
+//!     source  schedule         Secrets Manager, a dev file, the RDS IAM signer; when to check next
+//!     refresh  metrics         the registry of task channels; counters every part may bump
+//!  1  store  changes           what HTTP reads: entries, versions, readiness; change counters
+//!  0  entry  secret  dotenv    leaves: what an entry is, redacting value types, dotenv quoting,
+//!     backoff  percent         backoff and jitter, percent-encoding, shutdown signals
+//!     shutdown
+//! ```
+//!
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
-//! - [`source`]: where values come from — Secrets Manager ([`source::aws`]) or a dev file ([`source::dev`]);
-//!   and RDS IAM tokens, signed locally ([`source::rds_iam`]).
-//! - [`poller`]: one task per secret that owns its check state, decides what to fetch, and publishes a new
-//!   version to its file and then the store in one step; forced refreshes are messages to that task.
-//! - [`tokens`]: the same for an `rds-iam://` entry: one task that signs an RDS IAM auth token, publishes it
-//!   like a secret and renews it before it expires.
-//! - [`schedule`]: when a secret is checked next, as a pure function of what happened to it.
-//! - [`publish`]: atomic writes of files on the shared volume.
-//! - [`dotenv`]: a JSON secret rendered as a dotenv file (`format=env`), quoted so that sh, Ruby's and
-//!   Python's dotenv read back the exact values, or refused.
-//! - [`template`]: `--template` files rendered from secrets with minijinja, one task per template that
-//!   re-renders when an input changes and publishes like a secret.
-//! - [`changes`]: a counter per published name, raised after its file is in place; what renders or acts on
-//!   a change watches it.
-//! - [`actions`]: `--on-change` actions — an HTTP request to a loopback URL or a signal — one task each,
-//!   fired once per (debounced) change of the names they watch, after the file is in place.
-//! - [`store`]: what HTTP reads — each secret's published value and the poller's view of it — and the
-//!   readiness latch. Only the poller writes it.
-//! - [`http`]: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store.
-//! - the `edge` crate (`edge/`): the request path — the listener (HTTP/1.1, idle timeout, connection cap,
-//!   graceful shutdown) and the fast path in front of the router; a crate of its own, which knows nothing
-//!   of secrets, with an opt-level of its own.
-//! - [`health`]: what healthy means, and the `healthcheck` probe.
-//! - [`metrics`]: Prometheus counters and gauges at `/metrics`.
-//! - [`shutdown`]: signals and the shutdown grace period.
-//! - [`secret`], [`backoff`]: redacting value types; jitter and backoff arithmetic.
+//! - `source`: where values come from — Secrets Manager or a dev file — and RDS IAM tokens, signed
+//!   locally ([`source::rds_iam`]).
+//! - `poller`: a Secrets Manager secret's checks; `tokens`: an `rds-iam://` entry's signings. Both run
+//!   in `task`, one task per entry that owns its state and is the only writer of its file and store
+//!   entry; forced refreshes are messages to it, sent through the `refresh` registry.
+//! - `schedule`: when a secret is checked next, as a pure function of what happened to it.
+//! - [`publish`]: atomic writes of files on the shared volume, and the step every producer publishes a
+//!   version with — its file, then its store entry, then its change counter.
+//! - `store`: what HTTP reads — every entry's published version (the bytes its file got) and its task's
+//!   report — and the readiness latch; `changes`: the counters that renders and actions watch.
+//! - [`template`]: `--template` files rendered from secrets with minijinja; `actions`: `--on-change`
+//!   actions, an HTTP request to a loopback URL or a signal, fired once per (debounced) change.
+//! - `http`: the token-protected `/v1/` API, `/healthz` and `/metrics`, served from the store; the `edge`
+//!   crate (`edge/`) is the request path under it — the listener and the fast path in front of the
+//!   router — which knows nothing of secrets.
+//! - [`health`]: what healthy means, and the `healthcheck` probe; `metrics`: Prometheus text.
+//! - [`entry`], [`secret`], [`dotenv`], `backoff`, `percent`, [`shutdown`]: the leaves.
 //!
 //! The facts about Secrets Manager and its emulator that this code relies on are in
 //! `docs/secrets-manager.md`.
 
-pub mod actions;
-pub mod backoff;
-pub mod changes;
+mod actions;
+mod backoff;
+mod changes;
 pub mod config;
 pub mod dotenv;
+pub mod entry;
 pub mod health;
-pub mod http;
-pub mod metrics;
-pub mod poller;
+mod http;
+mod metrics;
+mod percent;
+mod poller;
 pub mod publish;
-pub mod schedule;
+mod refresh;
+mod schedule;
 pub mod secret;
 pub mod shutdown;
 pub mod source;
-pub mod store;
+mod store;
+mod task;
 pub mod template;
-pub mod tokens;
+mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,12 +73,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Format, SecretSpec, SourceConfig, TokenSetting, valid_name};
-use crate::poller::{Poller, Timing};
+use crate::config::{Config, SourceConfig, TokenSetting};
+use crate::entry::{Format, SecretSpec, valid_name};
+use crate::metrics::Metrics;
 use crate::publish::Publisher;
+use crate::refresh::Refreshers;
 use crate::secret::SecretString;
 use crate::source::{AwsSource, DevSource, FetchError, Source};
-use crate::store::Store;
+use crate::store::{Kind, Store};
+use crate::task::Services;
 
 /// Where a generated token is published, beside the secrets.
 pub const TOKEN_FILE: &str = ".token";
@@ -75,7 +91,7 @@ pub enum RunError {
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
     #[error(transparent)]
-    Aws(#[from] source::aws::SetupError),
+    Aws(#[from] source::SetupError),
     #[error("--dev-secrets: {0}")]
     DevSecrets(FetchError),
     #[error("--dev-secrets: key {0:?} is not a valid secret name")]
@@ -140,60 +156,50 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         }
     };
 
-    // rds-iam:// entries are served like secrets: the store and HTTP see them under their names.
-    let mut served = secrets.clone();
-    served.extend(config.rds_iam.iter().map(tokens::store_spec));
+    // Every published name is a store entry: secrets, rds-iam:// tokens, templates.
+    let mut entries: Vec<(String, Kind)> = secrets
+        .iter()
+        .map(|s| (s.name.clone(), Kind::Secret { secret_id: s.secret_id.clone(), format: s.format }))
+        .collect();
+    entries.extend(config.rds_iam.iter().map(|s| (s.name.clone(), Kind::RdsIam { target: s.target() })));
     // Checked again here: with --dev-secrets alone, the secret names come from the file.
-    let names: Vec<String> = served.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = entries.iter().map(|(name, _)| name.clone()).collect();
     let templates =
         config.templates.iter().map(|t| Ok((t.clone(), t.inputs(&names)?))).collect::<Result<Vec<_>, RunError>>()?;
-    served.extend(config.templates.iter().map(|t| t.store_spec()));
-    let store = Arc::new(Store::new(&served));
-    let tracker = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    let poller = Poller::start(
-        source,
-        store.clone(),
-        publisher.clone(),
-        Timing::from_config(&config),
-        &secrets,
-        &tracker,
-        cancel.clone(),
-    );
-    let poller = match signer {
-        Some(signer) => {
-            let channels = tokens::start(
-                &config.rds_iam,
-                signer,
-                config.rds_iam_renew_interval,
-                store.clone(),
-                publisher.clone(),
-                poller.metrics_handle(),
-                &tracker,
-                cancel.clone(),
-            );
-            poller.with_tokens(channels)
-        }
-        None => poller,
-    };
+    entries
+        .extend(config.templates.iter().map(|t| (t.spec.name.clone(), Kind::Template { path: t.spec.path.clone() })));
 
-    template::start(templates, store.clone(), publisher.clone(), poller.metrics_handle(), &tracker, cancel.clone());
+    let services = Services {
+        store: Arc::new(Store::new(entries)),
+        publisher,
+        metrics: Arc::new(Metrics::default()),
+        tracker: TaskTracker::new(),
+        cancel: CancellationToken::new(),
+    };
+    let mut channels = poller::start(&services, source, config.timing(), &secrets);
+    if let Some(signer) = signer {
+        channels.extend(tokens::start(&services, signer, config.rds_iam_renew_interval, &config.rds_iam));
+    }
+    let refreshers = Refreshers::new(channels);
+    template::start(&services, templates);
 
     // Kept alive for the whole run: dropping the watcher stops it.
     let _watcher = match &config.source {
         SourceConfig::Dev { path } => {
-            let p = poller.clone();
-            Some(source::dev::watch(path, move || p.wake_all())?)
+            let r = refreshers.clone();
+            Some(source::dev::watch(path, move || r.wake_all())?)
         }
         SourceConfig::Aws { .. } => None,
     };
 
-    // After the pollers: an action's first look at the counters may already see the initial publish.
-    actions::start(&config.on_change, &store, poller.metrics_handle(), &tracker, cancel.clone())?;
+    // After the producers: an action's first look at the counters may already see the initial publish.
+    actions::start(&services, &config.on_change)?;
 
-    let state = http::AppState { store, poller, token: token.map(Arc::new), max_staleness: config.max_staleness };
+    let Services { store, metrics, tracker, cancel, .. } = services;
+    let state =
+        http::AppState { store, refreshers, metrics, token: token.map(Arc::new), max_staleness: config.max_staleness };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(listen = %addr, secrets = served.len() - config.templates.len(), templates = config.templates.len(),
+    tracing::info!(listen = %addr, secrets = names.len(), templates = config.templates.len(),
         dir = %config.output_dir.display(), "secrets-sidecar started");
     tracker.spawn(edge::serve(listener, http::app(state), edge::Limits::default(), cancel.clone()));
 

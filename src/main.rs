@@ -6,9 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secrets_sidecar::RunError;
-use secrets_sidecar::config::{
-    Action, Cli, Command, Config, LogFormat, Settings, SignalTarget, SourceConfig, TokenSetting,
-};
+use secrets_sidecar::config::{Cli, Command, Config, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
 const EXIT_FAILURE: u8 = 1;
@@ -21,7 +19,7 @@ fn main() -> ExitCode {
         Command::Healthcheck => healthcheck(&cli.settings),
         Command::CheckConfig => match cli.settings.validate() {
             Ok(config) => {
-                print_config(&config);
+                print!("{}", config.describe());
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
@@ -91,108 +89,5 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
-    }
-}
-
-fn print_config(c: &Config) {
-    println!("configuration OK");
-    match &c.source {
-        SourceConfig::Aws { endpoint_url } => {
-            println!("source: Secrets Manager{}", endpoint_url.as_ref().map(|u| format!(" at {u}")).unwrap_or_default())
-        }
-        SourceConfig::Dev { path } => println!("source: dev file {}", path.display()),
-    }
-    for s in &c.secrets {
-        println!(
-            "secret {}: {} (format {}) -> {}",
-            s.name,
-            s.secret_id,
-            s.format.as_str(),
-            c.output_dir.join(s.file_name()).display()
-        );
-    }
-    for s in &c.rds_iam {
-        println!(
-            "rds-iam {}: token for {}@{}:{}{}{} -> {}",
-            s.name,
-            s.user,
-            s.host,
-            s.port,
-            s.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
-            s.dbname.as_ref().map(|d| format!(", dbname {d}")).unwrap_or_default(),
-            c.output_dir.join(s.file_name()).display()
-        );
-    }
-    let names: Vec<String> =
-        c.secrets.iter().map(|s| s.name.clone()).chain(c.rds_iam.iter().map(|s| s.name.clone())).collect();
-    for t in &c.templates {
-        // Without --secret, a dev run's names come from the dev file: the inputs are known only at run.
-        let inputs = match t.inputs(&names) {
-            Ok(inputs) if !names.is_empty() => inputs.join(", "),
-            _ => "(secrets of the dev file, checked at start)".to_owned(),
-        };
-        println!(
-            "template {}: {} rendered from {}{} -> {}",
-            t.spec.name,
-            t.spec.path.display(),
-            inputs,
-            t.spec.from.as_ref().map(|f| format!(" (variables: the keys of {f})")).unwrap_or_default(),
-            c.output_dir.join(&t.spec.name).display()
-        );
-    }
-    let d = humantime::format_duration;
-    if !c.rds_iam.is_empty() {
-        println!("rds-iam renew interval: {}", d(c.rds_iam_renew_interval));
-    }
-    println!(
-        "refresh interval: {} (rotation: {}, min forced gap: {})",
-        d(c.refresh_interval),
-        d(c.rotation_poll_interval),
-        d(c.min_refresh_gap)
-    );
-    println!("listen: {}", c.listen);
-    println!(
-        "file mode: {:04o}, owner: {}:{}",
-        c.file.mode,
-        c.file.uid.map_or("(process)".into(), |u| u.to_string()),
-        c.file.gid.map_or("(process)".into(), |g| g.to_string())
-    );
-    println!(
-        "token: {}",
-        match c.token {
-            TokenSetting::Given(_) => "given (not shown)",
-            TokenSetting::Generate => "generated at start, written to .token",
-            TokenSetting::Disabled => "DISABLED (--no-token)",
-        }
-    );
-    if let Some(m) = c.max_staleness {
-        println!("max staleness: {}", d(m));
-    }
-    for (i, a) in c.on_change.iter().enumerate() {
-        let action = match &a.action {
-            Action::Http(h) => format!(
-                "http {} {}{}{}",
-                h.method,
-                h.display_url(),
-                if h.query.is_some() { "?<query not shown>" } else { "" },
-                h.token_file
-                    .as_ref()
-                    .map(|p| format!(", token from {} as query parameter {}", p.display(), h.token_param))
-                    .unwrap_or_default()
-            ),
-            Action::Signal { signal, target: SignalTarget::PidFile(p) } => {
-                format!("signal SIG{} to the pid in {}", signal.as_str(), p.display())
-            }
-            Action::Signal { signal, target: SignalTarget::Process(n) } => {
-                format!("signal SIG{} to every process named {n}", signal.as_str())
-            }
-        };
-        println!(
-            "on-change {i}: when {} changes: {action} (timeout {}, debounce {}, {})",
-            a.watch.join("+"),
-            d(a.timeout),
-            d(a.debounce),
-            if a.initial { "also after the initial publish" } else { "not at start" }
-        );
     }
 }

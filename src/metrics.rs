@@ -37,7 +37,7 @@ pub enum RenderResult {
     failed,
 }
 
-pub use crate::source::Operation;
+use crate::source::Operation;
 
 impl EncodeLabelValue for Operation {
     fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {

@@ -1,6 +1,6 @@
-//! The poller: one task per secret that owns everything about checking it — its schedule, its mode
-//! (`DescribeSecret` or get-only), the versions it knows — and is the only writer of that secret's files
-//! and of its entry in the [`Store`], which is a read-only view for HTTP and health.
+//! A Secrets Manager secret's task: everything about checking it — its schedule, its mode
+//! (`DescribeSecret` or get-only), the pending version of a rotation — owned by one [`crate::task`] per
+//! secret, which is the only writer of that secret's file and store entry.
 //!
 //! A check is `DescribeSecret`, then `GetSecretValue` by `VersionId` only when the version carrying
 //! `AWSCURRENT` moved — one cheap call per interval in the common case, the loop the AWS caching clients and
@@ -9,207 +9,73 @@
 //! `DescribeSecret` again every [`DESCRIBE_REPROBE_INTERVAL`], so fixing the policy needs no restart.
 //! Refused credentials (an unknown or expired key) are a failure like a timeout and never change the mode.
 //!
-//! When to look again is [`crate::schedule`]'s decision; this module only reports what happened.
-//!
-//! A forced check ([`Poller::refresh_now`], behind `POST /v1/secrets/NAME/refresh`) is a message to the
-//! secret's task with a reply channel. The task runs the check, so a client that hangs up (or an HTTP
-//! timeout) only stops the waiting: the check finishes, and its file and store updates happen together.
-//! Callers that arrive while a forced check is running join it and share its answer; callers that arrive
-//! during a regular check are served by a check of their own right after it (that check began before they
-//! asked); callers inside `--min-refresh-gap` get the current metadata at once. Checks of one secret never
-//! overlap.
-//!
-//! Publishing a new `AWSCURRENT` writes the file, then the store, inside one blocking task: once the rename
-//! has started, nothing can stop the store update, so HTTP never serves a version the file does not have
-//! and readiness means "the file exists" (issue 8).
+//! When to look again is [`crate::schedule`]'s decision; this module only reports what happened. How a
+//! forced refresh joins or waits for a check is the task's ([`crate::task`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use futures_util::future::BoxFuture;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::backoff::unit_random;
-use crate::config::{Format, SecretSpec};
-use crate::metrics::{CheckResult, Metrics};
-use crate::publish::{Outcome, PublishError, Publisher};
-pub use crate::schedule::Timing;
-use crate::schedule::{Checked, Failure, Forced, Schedule};
-use crate::secret::SecretValue;
+use crate::entry::SecretSpec;
+use crate::metrics::Metrics;
+use crate::publish::{Outcome, Outlet};
+use crate::refresh::Message;
+use crate::schedule::{Checked, Failure, Forced, Schedule, Timing};
 use crate::source::{FetchError, Fetched, Operation, Source};
-use crate::store::{self, Store, Version, View};
+use crate::store::{Mode, Version, View};
+use crate::task::{self, CheckError, Producer, Services};
 
 /// How often a secret in get-only mode asks `DescribeSecret` again, to notice a fixed policy.
 pub const DESCRIBE_REPROBE_INTERVAL: Duration = Duration::from_secs(3600);
-/// First checks running at once at start-up. Every secret's first check used to start at the same
-/// moment: with 200 secrets that peak (200 requests and responses in flight) set the idle RSS for the
-/// life of the process, 18.6 MiB against 10.9 with a cap of 4 (issue 11). Four keeps start → ready
-/// within a round trip or two for the usual handful of secrets.
+/// First checks running at once at start-up. If every secret's first check started at the same moment,
+/// that peak (a request and a response in flight per secret) would set the idle memory for the life of
+/// the process; four keep start → ready within a round trip or two for the usual handful of secrets.
 pub const STARTUP_CONCURRENCY: usize = 4;
-/// Forced refreshes queued per secret before callers wait to enqueue.
-const QUEUE: usize = 64;
 
-/// Why a check failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// The value is unusable for the secret's format; the text names the version, never the content.
-    #[error("version {version_id} rejected: {reason}")]
-    Invalid { version_id: String, reason: String },
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    #[error("the poller is shutting down")]
-    Stopped,
-    /// Signing an `rds-iam://` token failed ([`crate::tokens`]); the text names no credential.
-    #[error("{0}")]
-    Token(String),
-}
-
-impl CheckError {
-    /// How the schedule retries this failure: a file that could not be written (a full disk) or a
-    /// transient fetch error soon, a denial or an invalid value at the next interval.
-    fn failure(&self) -> Failure {
-        match self {
-            CheckError::Fetch(e) if e.is_transient() => Failure::Transient,
-            CheckError::Publish(_) | CheckError::Stopped | CheckError::Token(_) => Failure::Transient,
-            CheckError::Fetch(_) | CheckError::Invalid { .. } => Failure::Permanent,
-        }
-    }
-}
-
-/// The answer to a forced refresh, and what a check reports.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RefreshReport {
-    pub name: String,
-    pub version_id: Option<String>,
-    /// Whether this call published a new `AWSCURRENT` version.
-    pub changed: bool,
-    /// False when the call fell inside `--min-refresh-gap` and the source was not asked.
-    pub fetched: bool,
-    pub rotation_in_progress: bool,
-    /// The pending version served at `?stage=AWSPENDING`, if it could be read.
-    pub pending_version_id: Option<String>,
-}
-
-/// What a forced refresh answers; every caller sharing a check gets the same one.
-pub type RefreshAnswer = Result<RefreshReport, Arc<CheckError>>;
-
-pub(crate) enum Command {
-    /// A client's forced check.
-    Refresh(oneshot::Sender<RefreshAnswer>),
-    /// Check now, no gap (a dev-file edit).
-    Wake,
-}
-
-/// The handle to every secret's task.
-#[derive(Clone)]
-pub struct Poller {
-    secrets: Arc<HashMap<String, mpsc::Sender<Command>>>,
-    metrics: Arc<Metrics>,
-}
-
-struct Shared {
+/// Starts one task per secret; each stops when the services' cancel fires. Returns their channels, for
+/// the refresh registry.
+pub fn start(
+    services: &Services,
     source: Source,
-    store: Arc<Store>,
-    publisher: Publisher,
-    metrics: Arc<Metrics>,
-    /// Permits for first checks ([`STARTUP_CONCURRENCY`]).
-    startup: Arc<Semaphore>,
+    timing: Timing,
+    specs: &[SecretSpec],
+) -> Vec<(String, mpsc::Sender<Message>)> {
+    start_with_jitter(services, source, timing, specs, unit_random)
 }
 
-impl Poller {
-    /// Starts one task per secret on `tracker`; each stops when `cancel` fires. The first checks run at
-    /// once and concurrently, so start-up takes one round trip, not one per secret.
-    pub fn start(
-        source: Source,
-        store: Arc<Store>,
-        publisher: Publisher,
-        timing: Timing,
-        specs: &[SecretSpec],
-        tracker: &TaskTracker,
-        cancel: CancellationToken,
-    ) -> Self {
-        Self::start_with_jitter(source, store, publisher, timing, specs, tracker, cancel, unit_random)
-    }
-
-    /// [`Poller::start`] with a chosen jitter draw, so tests can count checks exactly.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_with_jitter(
-        source: Source,
-        store: Arc<Store>,
-        publisher: Publisher,
-        timing: Timing,
-        specs: &[SecretSpec],
-        tracker: &TaskTracker,
-        cancel: CancellationToken,
-        jitter: fn() -> f64,
-    ) -> Self {
-        let metrics = Arc::new(Metrics::default());
-        let startup = Arc::new(Semaphore::new(STARTUP_CONCURRENCY));
-        let shared = Arc::new(Shared { source, store, publisher, metrics: metrics.clone(), startup });
-        let now = Instant::now();
-        let secrets = specs
-            .iter()
-            .map(|spec| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                let task = SecretTask::new(spec.clone(), shared.clone(), Schedule::new(timing, now, Box::new(jitter)));
-                tracker.spawn(task.run(rx, cancel.clone()));
-                (spec.name.clone(), tx)
-            })
-            .collect();
-        Poller { secrets: Arc::new(secrets), metrics }
-    }
-
-    /// Routes forced refreshes of `rds-iam://` entries to their tasks ([`crate::tokens`]) as well.
-    pub(crate) fn with_tokens(self, tokens: HashMap<String, mpsc::Sender<Command>>) -> Self {
-        let mut secrets = (*self.secrets).clone();
-        secrets.extend(tokens);
-        Poller { secrets: Arc::new(secrets), metrics: self.metrics }
-    }
-
-    /// The metrics every task records into (token tasks share them).
-    pub fn metrics_handle(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
-    /// What the checks so far counted, for `/metrics`.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Makes every secret check now (used by the dev-file watcher, from its own thread).
-    pub fn wake_all(&self) {
-        for tx in self.secrets.values() {
-            // A full queue already holds a check.
-            let _ = tx.try_send(Command::Wake);
-        }
-    }
-
-    /// A check forced by a client. `None` for an unknown name. Dropping the future only stops waiting:
-    /// the check runs to its end in the secret's task.
-    pub async fn refresh_now(&self, name: &str) -> Option<RefreshAnswer> {
-        let tx = self.secrets.get(name)?;
-        let (reply, answer) = oneshot::channel();
-        if tx.send(Command::Refresh(reply)).await.is_err() {
-            return Some(Err(Arc::new(CheckError::Stopped)));
-        }
-        Some(answer.await.unwrap_or_else(|_| Err(Arc::new(CheckError::Stopped))))
-    }
-}
-
-/// How a secret is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// `DescribeSecret` each check, `GetSecretValue` only on a new version.
-    Describe,
-    /// `DescribeSecret` was denied: `GetSecretValue(AWSCURRENT)` each check, and `DescribeSecret` again at
-    /// `reprobe_at`.
-    GetOnly { reprobe_at: Instant },
+/// [`start`] with a chosen jitter draw, so tests can count checks exactly.
+pub(crate) fn start_with_jitter(
+    services: &Services,
+    source: Source,
+    timing: Timing,
+    specs: &[SecretSpec],
+    jitter: fn() -> f64,
+) -> Vec<(String, mpsc::Sender<Message>)> {
+    let source = Arc::new(source);
+    let startup = Arc::new(Semaphore::new(STARTUP_CONCURRENCY));
+    let now = Instant::now();
+    specs
+        .iter()
+        .map(|spec| {
+            let entry = services.store.get(&spec.name).expect("every secret has a store entry").clone();
+            let task = SecretTask {
+                spec: spec.clone(),
+                outlet: Outlet::new(services.publisher.clone(), entry.clone()),
+                source: source.clone(),
+                metrics: services.metrics.clone(),
+                schedule: Schedule::new(timing, now, Box::new(jitter)),
+                mode: Mode::Describe,
+                describe_again_at: now,
+                rejected: None,
+                pending: Pending::None,
+            };
+            task::spawn(task, entry, services, Some(startup.clone()))
+        })
+        .collect()
 }
 
 /// What is known of the version carrying `AWSPENDING` (on a version other than `AWSCURRENT`).
@@ -251,213 +117,96 @@ impl Pending {
     }
 }
 
-/// One secret's task and everything it owns.
-struct SecretTask {
+/// One secret and everything its task owns. The current version is not among it: it lives in the
+/// secret's store entry, which the outlet writes and the check reads back.
+pub(crate) struct SecretTask {
     spec: SecretSpec,
-    shared: Arc<Shared>,
+    outlet: Outlet,
+    source: Arc<Source>,
+    metrics: Arc<Metrics>,
     schedule: Schedule,
     mode: Mode,
-    /// The version published to the file and the store.
-    current: Option<Arc<Version>>,
+    /// In get-only mode: when `DescribeSecret` is asked again.
+    describe_again_at: Instant,
     /// A version whose value was rejected, with the reason, so it is not fetched again every check.
     rejected: Option<(String, String)>,
     pending: Pending,
-    /// Whether the first check has run (it takes a start-up permit).
-    checked_once: bool,
+}
+
+impl Producer for SecretTask {
+    fn deadline(&self) -> Instant {
+        self.schedule.deadline()
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.schedule.wake(now);
+    }
+
+    fn admit(&mut self, now: Instant) -> bool {
+        self.schedule.force(now) == Forced::Allowed
+    }
+
+    fn check(&mut self) -> BoxFuture<'_, Result<bool, CheckError>> {
+        Box::pin(self.check())
+    }
+
+    fn checked(&mut self, now: Instant, forced: bool, result: &Result<bool, CheckError>) -> Option<View> {
+        let rotation_in_progress = self.pending.in_progress();
+        match result {
+            Ok(changed) => self.schedule.checked(now, Checked { changed: *changed, rotation_in_progress, forced }),
+            Err(err) => {
+                let retry_in = self.schedule.failed(now, failure(err));
+                tracing::warn!(secret = %self.spec.name, secret_id = %self.spec.secret_id, error = %err,
+                    retry_in = %humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1))),
+                    "refresh failed; keeping the last good value");
+            }
+        }
+        Some(View { mode: self.mode, pending: self.pending.served().cloned(), rotation_in_progress })
+    }
+}
+
+/// How the schedule retries a failure: a file that could not be written (a full disk) or a transient
+/// fetch error soon, a denial or an invalid value at the next interval.
+fn failure(err: &CheckError) -> Failure {
+    match err {
+        CheckError::Fetch(e) if e.is_transient() => Failure::Transient,
+        CheckError::Publish(_) | CheckError::Token(_) => Failure::Transient,
+        CheckError::Fetch(_) | CheckError::Invalid { .. } => Failure::Permanent,
+    }
 }
 
 impl SecretTask {
-    fn new(spec: SecretSpec, shared: Arc<Shared>, schedule: Schedule) -> Self {
-        SecretTask {
-            spec,
-            shared,
-            schedule,
-            mode: Mode::Describe,
-            current: None,
-            rejected: None,
-            pending: Pending::None,
-            checked_once: false,
-        }
-    }
-
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
-        let (shared, name) = (self.shared.clone(), self.spec.name.clone());
-        // Callers who arrived during a regular check: it began before they asked, so its answer may predate
-        // what made them ask. They are served next, as if they had just arrived.
-        let mut queued: Vec<oneshot::Sender<RefreshAnswer>> = Vec::new();
-        loop {
-            let mut waiters = Vec::new();
-            if !queued.is_empty() {
-                waiters = std::mem::take(&mut queued);
-                if !self.admit(&mut waiters) {
-                    continue;
-                }
-            } else {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(self.schedule.deadline()) => {}
-                    msg = rx.recv() => match msg {
-                        None => return,
-                        Some(Command::Wake) => self.schedule.wake(Instant::now()),
-                        Some(Command::Refresh(reply)) => {
-                            waiters.push(reply);
-                            if !self.admit(&mut waiters) {
-                                continue;
-                            }
-                        }
-                    },
-                }
-                if waiters.is_empty() && self.schedule.deadline() > Instant::now() {
-                    continue;
-                }
-            }
-
-            // The check runs here, in the task, so nobody outside can cancel it half-way. Callers who
-            // arrive during a forced check share it: they are the same burst of failing logins.
-            let forced = !waiters.is_empty();
-            let mut wake_again = false;
-            // Only the first check of each secret waits for a start-up permit (held until it ends).
-            let _permit = if self.checked_once {
-                None
-            } else {
-                tokio::select! {
-                    p = shared.startup.clone().acquire_owned() => p.ok(),
-                    () = cancel.cancelled() => return,
-                }
-            };
-            self.checked_once = true;
-            let result = {
-                // Boxed: a check (up to three SDK calls) is an 11 KiB future, and inline it would make every
-                // idle secret's task that big for good — 2.2 MiB of resident memory with 200 secrets. Boxed,
-                // it exists only while a check runs (issue 11).
-                let mut check = Box::pin(self.check());
-                loop {
-                    tokio::select! {
-                        r = &mut check => break r,
-                        // Shutdown may drop a check; a publish in flight still completes (see the module doc).
-                        () = cancel.cancelled() => return,
-                        Some(msg) = rx.recv() => match msg {
-                            Command::Wake => wake_again = true,
-                            Command::Refresh(reply) if forced => {
-                                shared.metrics.forced(&name, true);
-                                waiters.push(reply);
-                            }
-                            Command::Refresh(reply) => queued.push(reply),
-                        },
-                    }
-                }
-            };
-            let answer = self.record(Instant::now(), forced, result);
-            for waiter in waiters {
-                // A caller that gave up has dropped its receiver; the check counted all the same.
-                let _ = waiter.send(answer.clone());
-            }
-            if wake_again {
-                self.schedule.wake(Instant::now());
-            }
-        }
-    }
-
-    /// Asks the schedule whether `waiters`, forced refreshes arriving now, may check. If not (inside
-    /// `--min-refresh-gap`), answers them at once with what is known, and returns false.
-    fn admit(&mut self, waiters: &mut Vec<oneshot::Sender<RefreshAnswer>>) -> bool {
-        let allowed = self.schedule.force(Instant::now()) == Forced::Allowed;
-        for _ in 0..waiters.len() {
-            self.shared.metrics.forced(&self.spec.name, allowed);
-        }
-        if !allowed {
-            let report = self.report(false, false);
-            for waiter in waiters.drain(..) {
-                let _ = waiter.send(Ok(report.clone()));
-            }
-        }
-        allowed
-    }
-
-    /// Bookkeeping after every check, forced or not: metrics, logs, the schedule, and the store's view.
-    fn record(&mut self, now: Instant, forced: bool, result: Result<bool, CheckError>) -> RefreshAnswer {
-        let name = &self.spec.name;
-        let metrics = &self.shared.metrics;
-        let rotation_in_progress = self.pending.in_progress();
-        let answer = match result {
-            Ok(changed) => {
-                metrics.check(name, if changed { CheckResult::changed } else { CheckResult::unchanged });
-                metrics.success(name, SystemTime::now(), rotation_in_progress);
-                self.schedule.checked(now, Checked { changed, rotation_in_progress, forced });
-                Ok(self.report(changed, true))
-            }
-            Err(err) => {
-                metrics.check(name, CheckResult::error);
-                let retry_in = self.schedule.failed(now, err.failure());
-                tracing::warn!(secret = %name, secret_id = %self.spec.secret_id, error = %err,
-                    retry_in = %humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1))),
-                    "refresh failed; keeping the last good value");
-                Err(Arc::new(err))
-            }
-        };
-        let view = View {
-            mode: match self.mode {
-                Mode::Describe => store::Mode::Describe,
-                Mode::GetOnly { .. } => store::Mode::GetOnly,
-            },
-            pending: self.pending.served().cloned(),
-            rotation_in_progress,
-        };
-        let error = answer.as_ref().err().map(|e| e.to_string());
-        self.shared.store.update(name, |s| {
-            s.view = view;
-            match error {
-                None => {
-                    s.last_success = Some((now, SystemTime::now()));
-                    s.last_error = None;
-                }
-                Some(e) => s.last_error = Some(e),
-            }
-        });
-        answer
-    }
-
-    fn report(&self, changed: bool, fetched: bool) -> RefreshReport {
-        RefreshReport {
-            name: self.spec.name.clone(),
-            version_id: self.current.as_ref().map(|v| v.id.clone()),
-            changed,
-            fetched,
-            rotation_in_progress: self.pending.in_progress(),
-            pending_version_id: self.pending.served().map(|v| v.id.clone()),
-        }
-    }
-
     /// Awaits one source call, counting it (a dev-file read counts as the call it stands in for).
     async fn counted<T>(&self, op: Operation, call: impl Future<Output = T>) -> T {
-        self.shared.metrics.api_call(&self.spec.name, op);
+        self.metrics.api_call(&self.spec.name, op);
         call.await
+    }
+
+    fn is_current(&self, version_id: &str) -> bool {
+        self.outlet.entry().read(|s| s.current.as_ref().is_some_and(|v| v.id == version_id))
     }
 
     /// One check. `Ok(true)` when a new `AWSCURRENT` version was published.
     async fn check(&mut self) -> Result<bool, CheckError> {
         let now = Instant::now();
-        let describe = match self.mode {
-            Mode::Describe => true,
-            Mode::GetOnly { reprobe_at } => now >= reprobe_at,
-        };
+        let describe = self.mode == Mode::Describe || now >= self.describe_again_at;
         if describe {
             let spec = &self.spec;
-            match self.counted(Operation::DescribeSecret, self.shared.source.describe(spec)).await {
+            match self.counted(Operation::DescribeSecret, self.source.describe(spec)).await {
                 Ok(labels) => {
-                    if let Mode::GetOnly { .. } = self.mode {
+                    if self.mode == Mode::GetOnly {
                         tracing::info!(secret = %spec.name, "DescribeSecret is allowed again: rotations in progress \
                             are seen again");
                         self.mode = Mode::Describe;
                     }
-                    let changed = if self.current.as_ref().is_some_and(|v| v.id == labels.current) {
+                    let changed = if self.is_current(&labels.current) {
                         false
                     } else if let Some((v, reason)) = &self.rejected
                         && *v == labels.current
                     {
                         return Err(CheckError::Invalid { version_id: v.clone(), reason: reason.clone() });
                     } else {
-                        let get = self.shared.source.get_version(spec, &labels.current);
+                        let get = self.source.get_version(spec, &labels.current);
                         let fetched = self.counted(Operation::GetSecretValue, get).await?;
                         self.publish_current(fetched).await?;
                         true
@@ -473,21 +222,22 @@ impl SecretTask {
                              grant secretsmanager:DescribeSecret to fix)",
                             humantime::format_duration(DESCRIBE_REPROBE_INTERVAL));
                     }
-                    self.mode = Mode::GetOnly { reprobe_at: now + DESCRIBE_REPROBE_INTERVAL };
+                    self.mode = Mode::GetOnly;
+                    self.describe_again_at = now + DESCRIBE_REPROBE_INTERVAL;
                     self.pending = Pending::None;
                 }
                 // A re-probe that fails for another reason says nothing about the policy: the value is
                 // still read the get-only way, and the next check asks again.
-                Err(e) if matches!(self.mode, Mode::GetOnly { .. }) => {
+                Err(e) if self.mode == Mode::GetOnly => {
                     tracing::debug!(secret = %spec.name, error = %e, "DescribeSecret re-probe failed");
                 }
                 Err(e) => return Err(e.into()),
             }
         }
 
-        let get = self.shared.source.get_current(&self.spec);
+        let get = self.source.get_current(&self.spec);
         let fetched = self.counted(Operation::GetSecretValue, get).await?;
-        if self.current.as_ref().is_some_and(|v| v.id == fetched.version_id) {
+        if self.is_current(&fetched.version_id) {
             return Ok(false);
         }
         self.publish_current(fetched).await?;
@@ -496,41 +246,18 @@ impl SecretTask {
 
     /// Validates and publishes a new current version: the file, then the store, as one step.
     async fn publish_current(&mut self, fetched: Fetched) -> Result<(), CheckError> {
-        let spec = &self.spec;
-        let rendered = match validate(spec.format, &fetched) {
-            Ok(rendered) => rendered,
+        let Fetched { version_id, value, binary } = fetched;
+        let version = match Version::of_secret(self.spec.format, version_id.clone(), value, binary) {
+            Ok(version) => Arc::new(version),
             Err(reason) => {
-                self.rejected = Some((fetched.version_id.clone(), reason.clone()));
-                return Err(CheckError::Invalid { version_id: fetched.version_id, reason });
+                self.rejected = Some((version_id.clone(), reason.clone()));
+                return Err(CheckError::Invalid { version_id, reason });
             }
         };
         self.rejected = None;
-        let version = Arc::new(Version::new(fetched.version_id, fetched.value, SystemTime::now()));
-        let (publisher, store, file_name, name, v) = (
-            self.shared.publisher.clone(),
-            self.shared.store.clone(),
-            spec.file_name(),
-            spec.name.clone(),
-            version.clone(),
-        );
-        // One blocking task for both: a blocking task runs to its end even if this future is dropped, so
-        // the store can never lag behind the file (issue 8: a torn forced refresh).
-        let outcome = tokio::task::spawn_blocking(move || {
-            // The publisher leaves a file alone when its bytes are already these, so a new version whose
-            // rendered file is byte-identical (format=env: the same keys and values) does not touch it.
-            let content = rendered.as_ref().unwrap_or(&v.value);
-            let outcome = publisher.publish(&file_name, content.expose())?;
-            store.update(&name, |s| s.current = Some(v));
-            // After the file and the store: a listener that wakes reads both new.
-            store.changes().published(&name, outcome);
-            Ok::<_, PublishError>(outcome)
-        })
-        .await
-        .expect("publish task does not panic")?;
-        tracing::info!(secret = %spec.name, version = %version.id,
-            file = %self.shared.publisher.dir().join(spec.file_name()).display(),
+        let outcome = self.outlet.publish(version).await?;
+        tracing::info!(secret = %self.spec.name, version = %version_id, file = %self.outlet.path().display(),
             unchanged_on_disk = (outcome == Outcome::Unchanged), "published new version");
-        self.current = Some(version);
         Ok(())
     }
 
@@ -547,10 +274,10 @@ impl SecretTask {
                 return;
             }
             Some(id) => {
-                let get = self.shared.source.get_version(spec, &id);
+                let get = self.source.get_version(spec, &id);
                 match self.counted(Operation::GetSecretValue, get).await {
-                    Ok(f) => match validate(spec.format, &f) {
-                        Ok(_) => Pending::Served(Arc::new(Version::new(f.version_id, f.value, SystemTime::now()))),
+                    Ok(f) => match Version::of_secret(spec.format, f.version_id, f.value, f.binary) {
+                        Ok(version) => Pending::Served(Arc::new(version)),
                         Err(reason) => {
                             tracing::warn!(secret = %spec.name, version = %id, %reason,
                                 "pending version not served; not fetched again while it stays pending");
@@ -575,37 +302,20 @@ impl SecretTask {
             (false, true) => tracing::info!(secret = %spec.name, pending_version = ?next.id(),
                 "rotation in progress: polling fast"),
             (true, false) => tracing::info!(secret = %spec.name,
-                version = ?self.current.as_ref().map(|v| &v.id), "rotation finished"),
+                version = ?self.outlet.entry().current().map(|v| v.id.clone()), "rotation finished"),
             _ => {}
         }
         self.pending = next;
     }
 }
 
-/// What a format requires of a value, and the file's content when it is not the value itself (the
-/// rendered dotenv file of `format=env`). The reason names no content.
-fn validate(format: Format, fetched: &Fetched) -> Result<Option<SecretValue>, String> {
-    match format {
-        // A secret is never a template (a `--template` is rendered by [`crate::template`], not polled).
-        Format::Raw | Format::Template => Ok(None),
-        Format::Json | Format::Env if fetched.binary => Err("SecretBinary needs format=raw".into()),
-        Format::Json | Format::Env => match serde_json::from_slice::<serde_json::Value>(fetched.value.expose()) {
-            Ok(serde_json::Value::Object(object)) if format == Format::Env => {
-                let text = crate::dotenv::render(&object).map_err(|e| e.to_string())?;
-                Ok(Some(SecretValue::new(text.as_bytes().to_vec())))
-            }
-            Ok(serde_json::Value::Object(_)) => Ok(None),
-            Ok(_) => Err("not a JSON object (use format=raw for other values)".into()),
-            Err(e) => Err(format!("not valid JSON ({}:{})", e.line(), e.column())),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileOptions;
+    use crate::entry::Format;
+    use crate::refresh::Refreshers;
     use crate::source::AwsSource;
+    use crate::store::{Kind, State, Store};
     use aws_sdk_secretsmanager::Client;
     use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
     use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
@@ -617,46 +327,21 @@ mod tests {
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
+    use tokio_util::sync::CancellationToken;
 
     const S: Duration = Duration::from_secs(1);
 
-    fn fetched(v: &str, binary: bool) -> Fetched {
-        Fetched { version_id: "v".into(), value: SecretValue::from(v.to_owned()), binary }
-    }
-
-    #[test]
-    fn json_format_requires_an_object() {
-        assert!(validate(Format::Json, &fetched(r#"{"a":1}"#, false)).is_ok());
-        assert!(validate(Format::Json, &fetched("[1]", false)).is_err());
-        assert!(validate(Format::Json, &fetched("hunter2", false)).unwrap_err().starts_with("not valid JSON"));
-        assert!(validate(Format::Json, &fetched("{}", true)).is_err());
-        assert!(validate(Format::Raw, &fetched("hunter2", false)).is_ok());
-    }
-
-    #[test]
-    fn env_format_renders_an_object_and_rejects_what_it_cannot_write() {
-        let rendered = validate(Format::Env, &fetched(r#"{"A":"x y","B":2}"#, false)).unwrap().unwrap();
-        assert_eq!(rendered.expose(), b"A='x y'\nB=2\n");
-        assert_eq!(validate(Format::Json, &fetched(r#"{"A":"x y"}"#, false)), Ok(None), "json is written as is");
-        assert!(validate(Format::Env, &fetched("[1]", false)).unwrap_err().starts_with("not a JSON object"));
-        assert!(validate(Format::Env, &fetched("{}", true)).is_err());
-        let reason = validate(Format::Env, &fetched(r#"{"ok":"1","bad-key":"s3cr3t"}"#, false)).unwrap_err();
-        assert_eq!(reason, r#"key "bad-key" is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"#);
-        let reason = validate(Format::Env, &fetched(r#"{"K":"s3cr3t\nline"}"#, false)).unwrap_err();
-        assert!(reason.starts_with(r#"the value of key "K" contains a line break"#), "{reason}");
-        assert!(!reason.contains("s3cr3t"), "{reason}");
-    }
-
-    #[test]
-    fn rejection_reason_never_quotes_the_value() {
-        let reason = validate(Format::Json, &fetched("s3cr3t-not-json", false)).unwrap_err();
-        assert!(!reason.contains("s3cr3t"), "{reason}");
+    /// The services of a run with the one secret `spec`, publishing into `dir`.
+    fn services(dir: &std::path::Path, spec: &SecretSpec) -> Services {
+        let kind = Kind::Secret { secret_id: spec.secret_id.clone(), format: spec.format };
+        Services::for_tests(Store::new([(spec.name.clone(), kind)]), dir)
     }
 
     /// A running poller over mocked Secrets Manager, with jitter fixed at its midpoint so that every wait
     /// is exactly its interval: 60 s, 2 s while polling fast, a 5 s gap.
     struct Harness {
-        poller: Poller,
+        refreshers: Refreshers,
+        metrics: Arc<Metrics>,
         store: Arc<Store>,
         dir: tempfile::TempDir,
         cancel: CancellationToken,
@@ -713,26 +398,16 @@ mod tests {
             };
             let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules, slow);
             let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
-            let store = Arc::new(Store::new(std::slice::from_ref(&spec)));
-            let publisher = Publisher::new(dir.path().to_path_buf(), FileOptions { mode: 0o440, uid: None, gid: None });
+            let services = services(dir.path(), &spec);
             let timing = Timing { refresh_interval: 60 * S, rotation_poll_interval: 2 * S, min_refresh_gap: 5 * S };
-            let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
             let source = Source::Aws(AwsSource::from_client(client));
-            let poller = Poller::start_with_jitter(
-                source,
-                store.clone(),
-                publisher,
-                timing,
-                &[spec],
-                &tracker,
-                cancel.clone(),
-                || 0.5,
-            );
-            Harness { poller, store, dir, cancel }
+            let refreshers = Refreshers::new(start_with_jitter(&services, source, timing, &[spec], || 0.5));
+            let Services { store, metrics, cancel, .. } = services;
+            Harness { refreshers, metrics, store, dir, cancel }
         }
 
-        fn state(&self) -> crate::store::SecretState {
-            self.store.get("db").unwrap()
+        fn state(&self) -> State {
+            self.store.get("db").unwrap().state()
         }
 
         fn file(&self) -> Option<Vec<u8>> {
@@ -780,7 +455,7 @@ mod tests {
         let t0 = Instant::now();
         at(t0, 61.0).await;
         assert_eq!((d.num_calls(), g.num_calls()), (2, 1));
-        let metrics = h.poller.metrics().encode();
+        let metrics = h.metrics.encode();
         for line in [
             r#"secrets_sidecar_api_calls_total{secret="db",operation="DescribeSecret"} 2"#,
             r#"secrets_sidecar_api_calls_total{secret="db",operation="GetSecretValue"} 1"#,
@@ -810,8 +485,8 @@ mod tests {
         at(Instant::now(), 10.0).await;
         let calls: Vec<_> = (0..50)
             .map(|_| {
-                let p = h.poller.clone();
-                tokio::spawn(async move { p.refresh_now("db").await })
+                let p = h.refreshers.clone();
+                tokio::spawn(async move { p.refresh("db").await })
             })
             .collect();
         for c in calls {
@@ -819,7 +494,7 @@ mod tests {
             assert_eq!(r.version_id.as_deref(), Some("v1"));
         }
         assert_eq!((d.num_calls(), g.num_calls()), (2, 1), "the first check and one forced one");
-        let metrics = h.poller.metrics().encode();
+        let metrics = h.metrics.encode();
         let forced: u64 = metrics
             .lines()
             .filter(|l| l.starts_with("secrets_sidecar_forced_refreshes_total{"))
@@ -828,7 +503,7 @@ mod tests {
         assert_eq!(forced, 50, "{metrics}");
     }
 
-    /// Issue 8: a forced check ran in the request's future, so a client hanging up could cancel it between
+    /// a forced check ran in the request's future, so a client hanging up could cancel it between
     /// the file's rename and the store update. Now the caller only stops waiting.
     #[tokio::test(start_paused = true)]
     async fn a_forced_refresh_whose_caller_gives_up_still_publishes_file_and_store_together() {
@@ -843,7 +518,7 @@ mod tests {
         let t0 = Instant::now();
         at(t0, 10.0).await;
         // Polled once (it sends the request), then dropped before any answer.
-        let gave_up = tokio::time::timeout(Duration::ZERO, h.poller.refresh_now("db")).await;
+        let gave_up = tokio::time::timeout(Duration::ZERO, h.refreshers.refresh("db")).await;
         assert!(gave_up.is_err(), "the caller gave up before the answer");
         at(t0, 10.5).await;
         assert_eq!(h.state().current.unwrap().id, "v2");
@@ -868,7 +543,7 @@ mod tests {
         // Published at 2 s (two 1 s calls); the regular check starts at 62 s and answers v1 at 63 s.
         at(t0, 62.5).await;
         assert_eq!(d.num_calls(), 2, "the regular check is under way");
-        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
+        let r = h.refreshers.refresh("db").await.unwrap().unwrap();
         assert_eq!((r.version_id.as_deref(), r.changed, r.fetched), (Some("v2"), true, true), "{r:?}");
         assert_eq!(d.num_calls(), 3);
     }
@@ -881,11 +556,11 @@ mod tests {
         let t0 = Instant::now();
         at(t0, 10.0).await;
         let first = tokio::spawn({
-            let p = h.poller.clone();
-            async move { p.refresh_now("db").await }
+            let p = h.refreshers.clone();
+            async move { p.refresh("db").await }
         });
         at(t0, 10.5).await;
-        let second = h.poller.refresh_now("db").await.unwrap().unwrap();
+        let second = h.refreshers.refresh("db").await.unwrap().unwrap();
         let first = first.await.unwrap().unwrap().unwrap();
         assert_eq!(first, second, "one answer for both");
         assert!(second.fetched);
@@ -897,10 +572,10 @@ mod tests {
         let d = describes("v1", Some("v2"));
         let (g1, g2) = (get_version("v1", r#"{"password":"old"}"#), get_version("v2", r#"{"password":"new"}"#));
         let h = Harness::start(&[&d, &g1, &g2]);
-        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
+        let r = h.refreshers.refresh("db").await.unwrap().unwrap();
         assert!(r.rotation_in_progress);
         assert_eq!(r.pending_version_id.as_deref(), Some("v2"));
-        assert_eq!(h.state().view.pending.unwrap().value.expose(), br#"{"password":"new"}"#);
+        assert_eq!(h.state().view.pending.unwrap().value().expose(), br#"{"password":"new"}"#);
         let names: Vec<_> = std::fs::read_dir(h.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["db.json"]);
         assert_eq!(h.file().unwrap(), br#"{"password":"old"}"#);
@@ -921,7 +596,7 @@ mod tests {
         assert_eq!(g2.num_calls(), 1, "the pending value is fetched once");
     }
 
-    /// Issue 8: an invalid or unreadable AWSPENDING version was fetched again on every check, and the
+    /// an invalid or unreadable AWSPENDING version was fetched again on every check, and the
     /// rotation was not reported, so nothing polled fast during exactly the broken rotation.
     #[tokio::test(start_paused = true)]
     async fn a_bad_pending_version_is_remembered_and_still_counts_as_a_rotation() {
@@ -993,7 +668,7 @@ mod tests {
         assert!(s.last_error.is_none(), "{:?}", s.last_error);
     }
 
-    /// Issue 8: `UnrecognizedClientException` was mapped to AccessDenied, and one such answer switched the
+    /// `UnrecognizedClientException` was mapped to AccessDenied, and one such answer switched the
     /// secret to get-only mode for the life of the process.
     #[tokio::test(start_paused = true)]
     async fn refused_credentials_are_retried_soon_and_never_change_the_mode() {
@@ -1053,9 +728,9 @@ mod tests {
         let t0 = Instant::now();
         at(t0, 10.0).await;
         // Finds v2, so no suspicion: only the deferred check can run before 70 s.
-        assert!(h.poller.refresh_now("db").await.unwrap().unwrap().changed);
+        assert!(h.refreshers.refresh("db").await.unwrap().unwrap().changed);
         at(t0, 11.0).await;
-        assert!(!h.poller.refresh_now("db").await.unwrap().unwrap().fetched, "inside the gap");
+        assert!(!h.refreshers.refresh("db").await.unwrap().unwrap().fetched, "inside the gap");
         at(t0, 14.9).await;
         assert_eq!(d.num_calls(), 2);
         at(t0, 15.1).await;
@@ -1072,7 +747,7 @@ mod tests {
         let h = Harness::start(&[&d, &g]);
         let t0 = Instant::now();
         at(t0, 10.0).await;
-        let r = h.poller.refresh_now("db").await.unwrap().unwrap();
+        let r = h.refreshers.refresh("db").await.unwrap().unwrap();
         assert!(r.fetched && !r.changed);
         at(t0, 70.5).await;
         assert_eq!(d.num_calls(), 32, "0 s, the forced one at 10 s, then every 2 s: 12 … 70 s");
@@ -1114,7 +789,7 @@ mod tests {
         let (g1, g2, g3) =
             (get_version("v1", r#"{"a":1}"#), get_version("v2", r#"{"a":1}"#), get_version("v3", r#"{"a":2}"#));
         let h = Harness::start(&[&d, &g1, &g2, &g3]);
-        let mut rx = h.store.changes().subscribe("db").unwrap();
+        let mut rx = h.store.get("db").unwrap().subscribe();
         let t0 = Instant::now();
         at(t0, 0.5).await;
         assert_eq!(*rx.borrow_and_update(), 1, "the initial publish");
@@ -1127,23 +802,29 @@ mod tests {
     }
 
     /// An idle secret costs its task's size for as long as the process runs: the check (SDK call futures of
-    /// about 11 KiB) must not be part of it, or 200 secrets hold 2.2 MiB doing nothing (issue 11). Inline,
-    /// as `std::pin::pin!(self.check())`, this task measured 11,400 bytes; boxed, 1,024.
+    /// several KiB) must not be part of it, or every idle secret holds that memory doing nothing. Inline, as
+    /// `std::pin::pin!(self.check())`, the task is over five times this bound.
     #[tokio::test]
     async fn an_idle_secret_task_is_small_because_its_check_is_boxed() {
         let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, &[]);
         let dir = tempfile::tempdir().unwrap();
         let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
-        let shared = Arc::new(Shared {
-            source: Source::Aws(AwsSource::from_client(client)),
-            store: Arc::new(Store::new(std::slice::from_ref(&spec))),
-            publisher: Publisher::new(dir.path().to_path_buf(), FileOptions { mode: 0o440, uid: None, gid: None }),
-            metrics: Arc::new(Metrics::default()),
-            startup: Arc::new(Semaphore::new(STARTUP_CONCURRENCY)),
-        });
+        let services = services(dir.path(), &spec);
+        let entry = services.store.get("db").unwrap().clone();
         let timing = Timing { refresh_interval: 60 * S, rotation_poll_interval: 2 * S, min_refresh_gap: 5 * S };
-        let task = SecretTask::new(spec, shared, Schedule::new(timing, Instant::now(), Box::new(|| 0.5)));
-        let (_tx, rx) = mpsc::channel(QUEUE);
+        let producer = SecretTask {
+            spec,
+            outlet: Outlet::new(services.publisher.clone(), entry.clone()),
+            source: Arc::new(Source::Aws(AwsSource::from_client(client))),
+            metrics: services.metrics.clone(),
+            schedule: Schedule::new(timing, Instant::now(), Box::new(|| 0.5)),
+            mode: Mode::Describe,
+            describe_again_at: Instant::now(),
+            rejected: None,
+            pending: Pending::None,
+        };
+        let task = task::Task { producer, entry, metrics: services.metrics.clone(), startup: None };
+        let (_tx, rx) = mpsc::channel(1);
         let run = task.run(rx, CancellationToken::new());
         let size = std::mem::size_of_val(&run);
         assert!(size <= 2048, "an idle secret task is {size} bytes");

@@ -8,18 +8,32 @@
 //!
 //! Temp files carry [`TEMP_PREFIX`]; whatever an earlier crash left behind is removed by [`Publisher::prepare`].
 //! A failed write removes its own temp file, so no secret is left lying around under another name.
+//!
+//! Every producer — a secret's task, a token's, a template's — publishes a version the same way, through
+//! its [`Outlet`]: the file, then the store entry, then the entry's change counter, in one blocking task
+//! that runs to its end even if the producer is dropped. So HTTP never serves a version the file does
+//! not have, readiness means "the file exists", and a listener woken by the counter reads both new.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::FileOptions;
+use crate::store::{Entry, Version};
 
 /// Prefix of every temp file. A dot-file, so an app that globs `*.json` never picks one up, and distinct
 /// from every valid secret name (those start with an alphanumeric character).
 pub const TEMP_PREFIX: &str = ".secrets-sidecar-tmp-";
+
+/// Owner and mode of every file written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -39,7 +53,7 @@ pub enum PublishError {
 fn permission_hint(e: &io::Error) -> &'static str {
     if e.kind() == io::ErrorKind::PermissionDenied {
         " (the output directory must be writable by the sidecar's uid: on Fargate the image creates /secrets \
-         owned by 65532, see README \"Why /secrets exists in the image\")"
+         owned by 65532, see docs/ecs.md)"
     } else {
         ""
     }
@@ -88,7 +102,7 @@ impl Publisher {
 
     /// Proves the directory writable by creating and removing a probe file, so a directory the sidecar
     /// cannot write fails at start (exit 1) instead of leaving a running sidecar that never publishes
-    /// (issue 8: with `--token` nothing else was written at start). Blocking.
+    /// (with `--token`, nothing else is written at start). Blocking.
     pub fn check_writable(&self) -> Result<(), PublishError> {
         let err = |source| PublishError::NotWritable { path: self.dir.clone(), source };
         let probe = self.dir.join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
@@ -151,6 +165,43 @@ impl Publisher {
             && meta.len() == content.len() as u64
             // The old file holds a secret too: zeroed when the comparison is done, like every value.
             && fs::read(target).map(zeroize::Zeroizing::new).is_ok_and(|old| *old == content)
+    }
+}
+
+/// One entry's way out: its file in the output directory and its entry in the store.
+#[derive(Debug, Clone)]
+pub struct Outlet {
+    publisher: Publisher,
+    entry: Arc<Entry>,
+}
+
+impl Outlet {
+    pub fn new(publisher: Publisher, entry: Arc<Entry>) -> Self {
+        Outlet { publisher, entry }
+    }
+
+    pub fn entry(&self) -> &Arc<Entry> {
+        &self.entry
+    }
+
+    /// The file, for logs.
+    pub fn path(&self) -> PathBuf {
+        self.publisher.dir().join(self.entry.file_name())
+    }
+
+    /// Writes `version`'s content to the entry's file, then makes it the entry's current version, then
+    /// raises the entry's change counter. Once started, the step completes even if this future is dropped.
+    pub async fn publish(&self, version: Arc<Version>) -> Result<Outcome, PublishError> {
+        let Outlet { publisher, entry } = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // The publisher leaves a file alone when its bytes are already these, so a new version whose
+            // file is byte-identical (format=env: the same keys and values) does not touch it.
+            let outcome = publisher.publish(&entry.file_name(), version.content().expose())?;
+            entry.publish(version, outcome == Outcome::Written);
+            Ok(outcome)
+        })
+        .await
+        .expect("publish task does not panic")
     }
 }
 

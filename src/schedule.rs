@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backoff::{DEFAULT_BACKOFF_BASE, backoff, jittered};
-use crate::config::Config;
 
 /// How long a rotation may keep a secret on the fast `--rotation-poll-interval` before it falls back to the
 /// normal interval: a rotation that failed half-way leaves `AWSPENDING` behind indefinitely.
@@ -36,16 +35,6 @@ pub struct Timing {
     pub refresh_interval: Duration,
     pub rotation_poll_interval: Duration,
     pub min_refresh_gap: Duration,
-}
-
-impl Timing {
-    pub fn from_config(config: &Config) -> Self {
-        Timing {
-            refresh_interval: config.refresh_interval,
-            rotation_poll_interval: config.rotation_poll_interval,
-            min_refresh_gap: config.min_refresh_gap,
-        }
-    }
 }
 
 /// A uniform draw from `[0, 1)` for each jittered wait. Production uses [`crate::backoff::unit_random`];
@@ -123,6 +112,7 @@ impl Schedule {
     }
 
     /// Consecutive failures so far.
+    #[cfg(test)]
     pub fn failures(&self) -> u32 {
         self.failures
     }

@@ -1,6 +1,11 @@
-//! The types that hold secret material. They are the only place a value lives in memory, they print as
-//! redacted in `Debug` and `Display`, and they are zeroed when dropped, so a stray `{:?}` in a log line or
-//! an error can never carry a password.
+//! The types that hold secret material for as long as the sidecar keeps it: every version's value, its
+//! file's bytes and its keys' answers, the HTTP token, a signed RDS IAM token. They print as redacted in
+//! `Debug` and `Display`, so a stray `{:?}` in a log line or an error can never carry a password, and
+//! they are zeroed when dropped.
+//!
+//! Parsing a secret's JSON (to check it, to render it as dotenv or a template, to answer its keys) makes
+//! short-lived copies inside serde_json and minijinja that are freed without being zeroed; none of them
+//! outlives the parse or render that made it.
 
 use std::fmt;
 
@@ -18,10 +23,6 @@ impl SecretValue {
     /// The bytes. Named so every use reads as deliberate.
     pub fn expose(&self) -> &[u8] {
         &self.0
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {

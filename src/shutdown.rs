@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// How long tasks get to finish after the signal: well inside ECS's default `stopTimeout` of 30 s, and
-/// inside the 2 s promised in the README.
+/// inside the 2 s docs/http-api.md promises.
 pub const GRACE: Duration = Duration::from_millis(1500);
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -1,5 +1,5 @@
 //! `--template NAME=PATH[?from=SECRET]`: a file rendered from a template the user provides, fed by one or
-//! more secrets — `DATABASE_URL=mysql2://{{ username }}:{{ password | urlencode }}@…` in one line (issue 10).
+//! more secrets — `DATABASE_URL=mysql2://{{ username }}:{{ password | urlencode }}@…` in one line.
 //!
 //! The engine is [minijinja] (Jinja2 syntax), configured for config files rather than HTML: no
 //! auto-escaping, the template's trailing newline kept, and [`UndefinedBehavior::Strict`] so a missing key
@@ -23,38 +23,38 @@
 //!
 //! One task per template ([`start`]) watches its inputs' change counters ([`crate::changes`]): once every
 //! input has been published it renders, then again whenever one changes. The result is published like a
-//! secret — the file atomically and only when its bytes changed, then the store (so `/v1/secrets/NAME`,
-//! `/healthz` and readiness see it), then its own change counter. A failed render keeps the last good file
-//! and value and shows in `last_error`, like a rejected secret version.
+//! secret, through its [`Outlet`] — the file atomically and only when its bytes changed, then the store
+//! (so `/v1/secrets/NAME`, `/healthz` and readiness see it), then its own change counter. A failed render
+//! keeps the last good file and value and shows in `last_error`, like a rejected secret version; a file
+//! that could not be written is tried again with backoff ([`crate::backoff`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::config::{Format, SecretSpec, TemplateSpec};
+use crate::backoff::{backoff, unit_random};
+use crate::entry::{Format, TemplateSpec};
 use crate::metrics::{Metrics, RenderResult};
-use crate::publish::{Outcome, Publisher};
+use crate::percent::UNRESERVED;
+use crate::publish::{Outcome, Outlet};
 use crate::secret::SecretValue;
-use crate::store::{Store, Version};
+use crate::store::{Entry, Store, Version};
+use crate::task::Services;
 
 /// The variable that holds every input by name.
 pub const SECRETS_VAR: &str = "secrets";
-/// How soon a render whose file could not be written (a full disk) is tried again.
-const PUBLISH_RETRY: Duration = Duration::from_secs(5);
-
-/// Everything but RFC 3986's unreserved characters (`A-Za-z0-9-._~`) is encoded.
-const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+/// Retries of a render whose file could not be written (a full disk): from the first, doubling, to the cap.
+const PUBLISH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const PUBLISH_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// What is wrong with a template at start. Names the template and its file; a syntax error's detail is
 /// minijinja's, about the template's own text.
@@ -168,15 +168,6 @@ impl Template {
         Ok(inputs.into_iter().collect())
     }
 
-    /// The store's record of this template: served like a secret under its name.
-    pub fn store_spec(&self) -> SecretSpec {
-        SecretSpec {
-            name: self.spec.name.clone(),
-            secret_id: format!("template:{}", self.spec.path.display()),
-            format: Format::Template,
-        }
-    }
-
     /// Renders from the inputs' published values (`(name, format, value)`).
     pub fn render(&self, inputs: &[(&str, Format, &SecretValue)]) -> Result<SecretValue, RenderError> {
         let ctx = self.context(inputs)?;
@@ -195,7 +186,7 @@ impl Template {
         let mut secrets = IndexMap::with_capacity(inputs.len());
         for (name, format, value) in inputs {
             let v = match format {
-                Format::Raw | Format::Template => match std::str::from_utf8(value.expose()) {
+                Format::Raw => match std::str::from_utf8(value.expose()) {
                     Ok(text) => Value::from(text),
                     Err(_) => Value::from_bytes(value.expose().to_vec()),
                 },
@@ -265,14 +256,14 @@ pub fn urlencode(value: &Value) -> Result<String, minijinja::Error> {
         return Err(minijinja::Error::from(ErrorKind::UndefinedError));
     }
     if let Some(text) = value.as_str() {
-        return Ok(percent_encoding::utf8_percent_encode(text, URL_COMPONENT).to_string());
+        return Ok(percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string());
     }
     if let Some(bytes) = value.as_bytes() {
-        return Ok(percent_encoding::percent_encode(bytes, URL_COMPONENT).to_string());
+        return Ok(percent_encoding::percent_encode(bytes, UNRESERVED).to_string());
     }
     match value.kind() {
         minijinja::value::ValueKind::Number | minijinja::value::ValueKind::Bool => {
-            Ok(percent_encoding::utf8_percent_encode(&value.to_string(), URL_COMPONENT).to_string())
+            Ok(percent_encoding::utf8_percent_encode(&value.to_string(), UNRESERVED).to_string())
         }
         _ => Err(minijinja::Error::new(ErrorKind::InvalidOperation, "urlencode takes a string or a number")),
     }
@@ -332,24 +323,24 @@ impl io::Write for SecretBuf {
     }
 }
 
-/// Starts one task per template on `tracker`, each rendering from `inputs` (from [`Template::inputs`]).
-pub fn start(
-    templates: Vec<(Arc<Template>, Vec<String>)>,
-    store: Arc<Store>,
-    publisher: Publisher,
-    metrics: Arc<Metrics>,
-    tracker: &TaskTracker,
-    cancel: CancellationToken,
-) {
+/// Starts one task per template, each rendering from `inputs` (from [`Template::inputs`]).
+pub fn start(services: &Services, templates: Vec<(Arc<Template>, Vec<String>)>) {
     for (template, inputs) in templates {
+        let entry = services.store.get(&template.spec.name).expect("every template has a store entry").clone();
         let task = RenderTask {
             template,
             inputs,
-            store: store.clone(),
-            publisher: publisher.clone(),
-            metrics: metrics.clone(),
+            store: services.store.clone(),
+            outlet: Outlet::new(services.publisher.clone(), entry),
+            metrics: services.metrics.clone(),
         };
-        tracker.spawn(task.run(cancel.clone()));
+        let cancel = services.cancel.clone();
+        services.tracker.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = task.run() => {}
+            }
+        });
     }
 }
 
@@ -358,45 +349,57 @@ struct RenderTask {
     template: Arc<Template>,
     inputs: Vec<String>,
     store: Arc<Store>,
-    publisher: Publisher,
+    outlet: Outlet,
     metrics: Arc<Metrics>,
 }
 
 impl RenderTask {
-    async fn run(self, cancel: CancellationToken) {
-        let mut inputs = self.store.changes().watch(&self.inputs).expect("a template's inputs are in the store");
-        let mut retry = None;
+    async fn run(self) {
+        let mut inputs = self.store.watch(&self.inputs).expect("a template's inputs are in the store");
+        // Failed writes in a row, and when to try again.
+        let mut failures = 0;
+        let mut retry_at = None;
         loop {
             // Seen before the store is read: a publication after this point wakes the loop again.
             let published = inputs.counts().iter().all(|c| *c > 0);
-            if published || retry.is_some() {
-                retry = self.render_and_publish().await.then(|| tokio::time::Instant::now() + PUBLISH_RETRY);
+            if published || retry_at.is_some() {
+                retry_at = if self.render_and_publish().await {
+                    failures = 0;
+                    None
+                } else {
+                    failures += 1;
+                    Some(Instant::now() + backoff(failures - 1, PUBLISH_RETRY_FIRST, PUBLISH_RETRY_CAP, unit_random()))
+                };
             }
-            let retry_at = retry.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
             tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(retry_at) => {}
+                () = sleep_until(retry_at) => {}
                 alive = inputs.changed() => if !alive { return },
             }
         }
     }
 
-    /// Renders from the store's current values and publishes; true when the file could not be written
-    /// (worth another try without a new input).
+    fn entry(&self) -> &Entry {
+        self.outlet.entry()
+    }
+
+    /// Renders from the store's current values and publishes; false when the file could not be written
+    /// (worth another try without a new input). A render error waits for a new input.
     async fn render_and_publish(&self) -> bool {
         let name = &self.template.spec.name;
         let current: Vec<(String, Format, Arc<Version>)> = self
             .inputs
             .iter()
-            .filter_map(|n| self.store.read_with(n, |s| s.current.clone().map(|v| (n.clone(), s.spec.format, v))))
-            .flatten()
+            .filter_map(|n| {
+                let entry = self.store.get(n)?;
+                entry.current().map(|v| (n.clone(), entry.kind().value_format(), v))
+            })
             .collect();
         // The version of a render is the versions it was rendered from: stable across restarts (an ETag
         // stays valid), and no digest of the content that could confirm a guessed password.
         let version_id: String = current.iter().map(|(_, _, v)| v.id.as_str()).collect::<Vec<_>>().join("+");
         let versions: String = current.iter().map(|(n, _, v)| format!("{n}@{}", v.id)).collect::<Vec<_>>().join(",");
         let refs: Vec<(&str, Format, &SecretValue)> =
-            current.iter().map(|(n, f, v)| (n.as_str(), *f, &v.value)).collect();
+            current.iter().map(|(n, f, v)| (n.as_str(), *f, v.value())).collect();
         let rendered = match self.template.render(&refs) {
             Ok(rendered) => rendered,
             Err(e) => {
@@ -404,42 +407,36 @@ impl RenderTask {
                 let error = format!("template {name}: {e}");
                 tracing::warn!(template = %name, inputs = %versions, error = %error,
                     "template render failed; keeping the last good file");
-                self.store.update(name, |s| s.last_error = Some(error));
-                return false;
+                self.entry().set_error(Some(error));
+                return true;
             }
         };
-        let version = Arc::new(Version::new(version_id, rendered, SystemTime::now()));
-        let (publisher, store, file, v) = (self.publisher.clone(), self.store.clone(), name.clone(), version.clone());
-        // One blocking task for file and store, as the poller does: both or neither.
-        let result = tokio::task::spawn_blocking(move || {
-            let outcome = publisher.publish(&file, v.value.expose())?;
-            store.update(&file, |s| {
-                s.current = Some(v);
-                s.last_error = None;
-            });
-            store.changes().published(&file, outcome);
-            Ok::<_, crate::publish::PublishError>(outcome)
-        })
-        .await
-        .expect("publish task does not panic");
-        match result {
+        match self.outlet.publish(Arc::new(Version::rendered(version_id, rendered))).await {
             Ok(outcome) => {
+                self.entry().set_error(None);
                 let unchanged = outcome == Outcome::Unchanged;
                 self.metrics.render(name, if unchanged { RenderResult::unchanged } else { RenderResult::ok });
-                tracing::info!(template = %name, inputs = %versions,
-                    file = %self.publisher.dir().join(name).display(), unchanged_on_disk = unchanged,
-                    "rendered template");
-                false
+                tracing::info!(template = %name, inputs = %versions, file = %self.outlet.path().display(),
+                    unchanged_on_disk = unchanged, "rendered template");
+                true
             }
             Err(e) => {
                 self.metrics.render(name, RenderResult::failed);
                 let error = format!("template {name}: {e}");
                 tracing::warn!(template = %name, inputs = %versions, error = %error,
-                    retry_in = %humantime::format_duration(PUBLISH_RETRY), "writing the rendered template failed");
-                self.store.update(name, |s| s.last_error = Some(error));
-                true
+                    "writing the rendered template failed; trying again");
+                self.entry().set_error(Some(error));
+                false
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,36 +3,37 @@
 //! RDS secret — `{"username", "password": <token>, "host", "port", "dbname"?, "expires_at"}` — so the Ruby
 //! hook and every other client read it unchanged, and signs a new one before it expires.
 //!
-//! Like a secret's task in [`crate::poller`], the task owns its schedule and is the only writer of its file
-//! and store entry; a forced refresh (`POST /v1/secrets/NAME/refresh`, what the hook calls after a refused
-//! login) is a message it answers, so an HTTP client going away never cancels a signing half-way, and file
-//! and store are written in one uninterruptible step.
+//! It runs the same task as a secret ([`crate::task`]): it owns its schedule and is the only writer of its
+//! file and store entry; a forced refresh (`POST /v1/secrets/NAME/refresh`, what the hook calls after a
+//! refused login) is a message it answers, so an HTTP client going away never cancels a signing half-way,
+//! and file and store are written in one uninterruptible step ([`crate::publish::Outlet`]).
 //!
-//! When to sign again is [`next_renewal`]: every `--rds-iam-renew-interval` (10 minutes; a token lives 15),
+//! When to sign again is `next_renewal`: every `--rds-iam-renew-interval` (10 minutes; a token lives 15),
 //! and never later than [`RENEW_BEFORE_EXPIRY`] before the token's own expiry — which comes earlier when the
 //! signing credentials (the task role's session) expire first. A failed signing (the credentials endpoint
-//! unreachable) keeps the last token, which stays valid until its expiry, and is retried with backoff.
+//! unreachable) keeps the last token, which stays valid until its expiry, and is retried with backoff
+//! ([`crate::backoff`]).
 //! Signing is local: no AWS call, nothing counted against RDS's limit on new IAM connections, which is
 //! about how often the app logs in, not how often a token is signed — one token serves the whole task.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::{Format, RdsIamSpec, SecretSpec};
-use crate::metrics::{CheckResult, Metrics};
-use crate::poller::{CheckError, Command, RefreshReport};
-use crate::publish::{PublishError, Publisher};
+use crate::backoff::{backoff, unit_random};
+use crate::entry::RdsIamSpec;
+use crate::metrics::Metrics;
+use crate::publish::{Outlet, PublishError};
+use crate::refresh::Message;
 use crate::secret::SecretValue;
 use crate::source::rds_iam::{self, SignError, Target, Token};
-use crate::store::{Store, Version};
+use crate::store::{Version, View};
+use crate::task::{self, CheckError, Producer, Services};
 
 /// Sign again at the latest this long before the current token expires.
 pub const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(120);
@@ -42,7 +43,6 @@ pub const MIN_RESIGN_GAP: Duration = Duration::from_secs(1);
 /// Retries after a failed signing: from FIRST_RETRY, doubling, at most MAX_RETRY apart.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
-const QUEUE: usize = 64;
 
 /// What a token task needs from the AWS side: the credentials chain and the SDK's region.
 #[derive(Clone, Debug)]
@@ -66,42 +66,28 @@ pub enum TokenError {
 /// expiry): after `renew`, but no later than [`RENEW_BEFORE_EXPIRY`] before it expires, and not sooner
 /// than one second (a token whose credentials are about to expire would otherwise be re-signed in a loop;
 /// the credentials chain refreshes them first).
-pub fn next_renewal(signed_at: Instant, lifetime: Duration, renew: Duration) -> Instant {
+fn next_renewal(signed_at: Instant, lifetime: Duration, renew: Duration) -> Instant {
     let before_expiry = lifetime.saturating_sub(RENEW_BEFORE_EXPIRY);
     signed_at + renew.min(before_expiry).max(Duration::from_secs(1))
 }
 
-/// The delay before retry number `failures` (1 = the first retry) after a failed signing.
-pub fn retry_delay(failures: u32) -> Duration {
-    FIRST_RETRY.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX_RETRY)
+/// The wait before retry number `failures` (1 = the first retry) after a failed signing, `unit` the
+/// jitter's draw.
+fn retry_delay(failures: u32, unit: f64) -> Duration {
+    backoff(failures.saturating_sub(1), FIRST_RETRY, MAX_RETRY, unit)
 }
 
-/// The store's record of an `rds-iam://` entry: served as JSON like any secret, its "secret id" the entry.
-pub fn store_spec(spec: &RdsIamSpec) -> SecretSpec {
-    SecretSpec {
-        name: spec.name.clone(),
-        secret_id: format!("rds-iam://{}@{}:{}", spec.user, spec.host, spec.port),
-        format: Format::Json,
-    }
-}
-
-/// Starts one task per entry on `tracker`; returns the channels [`crate::poller::Poller`] routes forced
-/// refreshes through.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn start(
-    specs: &[RdsIamSpec],
+/// Starts one task per entry; returns their channels, for the refresh registry.
+pub fn start(
+    services: &Services,
     signer: Signer,
     renew: Duration,
-    store: Arc<Store>,
-    publisher: Publisher,
-    metrics: Arc<Metrics>,
-    tracker: &TaskTracker,
-    cancel: CancellationToken,
-) -> HashMap<String, mpsc::Sender<Command>> {
+    specs: &[RdsIamSpec],
+) -> Vec<(String, mpsc::Sender<Message>)> {
     specs
         .iter()
         .map(|spec| {
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let entry = services.store.get(&spec.name).expect("every rds-iam entry has a store entry").clone();
             let target = Target {
                 host: spec.host.clone(),
                 port: spec.port,
@@ -113,14 +99,13 @@ pub(crate) fn start(
                 target,
                 signer: signer.clone(),
                 renew,
-                store: store.clone(),
-                publisher: publisher.clone(),
-                metrics: metrics.clone(),
-                current: None,
+                outlet: Outlet::new(services.publisher.clone(), entry.clone()),
+                metrics: services.metrics.clone(),
+                deadline: Instant::now(),
+                last_signed: None,
                 failures: 0,
             };
-            tracker.spawn(task.run(rx, cancel.clone()));
-            (spec.name.clone(), tx)
+            task::spawn(task, entry, services, None)
         })
         .collect()
 }
@@ -137,77 +122,58 @@ struct Published<'a> {
     expires_at: String,
 }
 
-struct Signed {
-    version_id: String,
-    at: Instant,
-}
-
 struct TokenTask {
     spec: RdsIamSpec,
     target: Target,
     signer: Signer,
     renew: Duration,
-    store: Arc<Store>,
-    publisher: Publisher,
+    outlet: Outlet,
     metrics: Arc<Metrics>,
-    current: Option<Signed>,
+    /// The next signing.
+    deadline: Instant,
+    last_signed: Option<Instant>,
     failures: u32,
 }
 
-impl TokenTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, cancel: CancellationToken) {
-        let mut deadline = Instant::now();
-        loop {
-            let mut waiters = Vec::new();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(deadline) => {}
-                msg = rx.recv() => match msg {
-                    None => return,
-                    Some(Command::Wake) => deadline = Instant::now(),
-                    Some(Command::Refresh(reply)) => {
-                        let fresh = self.current.as_ref().is_some_and(|c| c.at.elapsed() < MIN_RESIGN_GAP);
-                        self.metrics.forced(&self.spec.name, !fresh);
-                        if fresh {
-                            let _ = reply.send(Ok(self.report(false, false)));
-                            continue;
-                        }
-                        waiters.push(reply);
-                    }
-                },
-            }
-            if waiters.is_empty() && deadline > Instant::now() {
-                continue;
-            }
-            // Signed and published here, in the task: a caller that hangs up cancels nothing.
-            let result = self.sign_and_publish().await;
-            let answer = match result {
-                Ok(lifetime) => {
-                    self.failures = 0;
-                    self.metrics.check(&self.spec.name, CheckResult::changed);
-                    let now = Instant::now();
-                    deadline = next_renewal(now, lifetime, self.renew);
-                    self.record(None);
-                    Ok(self.report(true, true))
-                }
-                Err(e) => {
-                    self.failures += 1;
-                    self.metrics.check(&self.spec.name, CheckResult::error);
-                    let retry = retry_delay(self.failures);
-                    deadline = Instant::now() + retry;
-                    tracing::warn!(secret = %self.spec.name, error = %e,
-                        retry_in = %humantime::format_duration(retry),
-                        "signing an RDS IAM token failed; keeping the last token until it expires");
-                    self.record(Some(e.to_string()));
-                    Err(Arc::new(CheckError::Token(e.to_string())))
-                }
-            };
-            for waiter in waiters {
-                let _ = waiter.send(answer.clone());
-            }
-        }
+impl Producer for TokenTask {
+    fn deadline(&self) -> Instant {
+        self.deadline
     }
 
+    fn wake(&mut self, now: Instant) {
+        self.deadline = now;
+    }
+
+    fn admit(&mut self, now: Instant) -> bool {
+        self.last_signed.is_none_or(|at| now.saturating_duration_since(at) >= MIN_RESIGN_GAP)
+    }
+
+    fn check(&mut self) -> BoxFuture<'_, Result<bool, CheckError>> {
+        Box::pin(async move {
+            let lifetime = self.sign_and_publish().await.map_err(|e| CheckError::Token(e.to_string()))?;
+            let now = Instant::now();
+            self.last_signed = Some(now);
+            self.deadline = next_renewal(now, lifetime, self.renew);
+            Ok(true)
+        })
+    }
+
+    fn checked(&mut self, now: Instant, _forced: bool, result: &Result<bool, CheckError>) -> Option<View> {
+        match result {
+            Ok(_) => self.failures = 0,
+            Err(e) => {
+                self.failures += 1;
+                let retry = retry_delay(self.failures, unit_random());
+                self.deadline = now + retry;
+                tracing::warn!(secret = %self.spec.name, error = %e, retry_in = %humantime::format_duration(retry),
+                    "signing an RDS IAM token failed; keeping the last token until it expires");
+            }
+        }
+        None
+    }
+}
+
+impl TokenTask {
     /// Signs a token and publishes it: the file, then the store, in one blocking step. Returns how long
     /// the token lives from now.
     async fn sign_and_publish(&mut self) -> Result<Duration, TokenError> {
@@ -219,27 +185,13 @@ impl TokenTask {
             .map_err(|e| TokenError::Credentials(credentials_error(&e)))?;
         let now = SystemTime::now();
         let token = rds_iam::presign(&self.target, &credentials, now)?;
-        let value = self.render(&token);
-        let version_id = humantime::format_rfc3339_millis(now).to_string();
-        let version = Arc::new(Version::new(version_id.clone(), value, now));
         let expires_at = token.expires_at();
-        let (publisher, store, file_name, name) =
-            (self.publisher.clone(), self.store.clone(), self.spec.file_name(), self.spec.name.clone());
-        tokio::task::spawn_blocking(move || {
-            let outcome = publisher.publish(&file_name, version.value.expose())?;
-            store.update(&name, |s| {
-                s.current = Some(version);
-                s.expires_at = Some(expires_at);
-            });
-            store.changes().published(&name, outcome);
-            Ok::<_, PublishError>(())
-        })
-        .await
-        .expect("publish task does not panic")?;
+        let version_id = humantime::format_rfc3339_millis(now).to_string();
+        let version = Arc::new(Version::token(version_id, self.render(&token), expires_at));
+        self.outlet.publish(version).await?;
         self.metrics.token_expiry(&self.spec.name, expires_at);
         tracing::info!(secret = %self.spec.name, user = %self.target.user, host = %self.target.host,
             expires_at = %humantime::format_rfc3339_seconds(expires_at), "published a new RDS IAM token");
-        self.current = Some(Signed { version_id, at: Instant::now() });
         Ok(expires_at.duration_since(now).unwrap_or_default())
     }
 
@@ -253,27 +205,6 @@ impl TokenTask {
             expires_at: humantime::format_rfc3339_seconds(token.expires_at()).to_string(),
         };
         SecretValue::new(serde_json::to_vec(&body).expect("a struct of strings serializes"))
-    }
-
-    fn record(&self, error: Option<String>) {
-        self.store.update(&self.spec.name, |s| match error {
-            None => {
-                s.last_success = Some((Instant::now(), SystemTime::now()));
-                s.last_error = None;
-            }
-            Some(e) => s.last_error = Some(e),
-        });
-    }
-
-    fn report(&self, changed: bool, fetched: bool) -> RefreshReport {
-        RefreshReport {
-            name: self.spec.name.clone(),
-            version_id: self.current.as_ref().map(|c| c.version_id.clone()),
-            changed,
-            fetched,
-            rotation_in_progress: false,
-            pending_version_id: None,
-        }
     }
 }
 
@@ -319,26 +250,10 @@ mod tests {
 
     #[test]
     fn failed_signings_back_off_from_one_second_to_thirty() {
-        let delays: Vec<u64> = (1..=7).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
-    }
-
-    #[test]
-    fn the_store_serves_an_entry_as_json_under_its_name() {
-        let spec = RdsIamSpec {
-            name: "db".into(),
-            user: "app".into(),
-            host: "h.internal".into(),
-            port: 5432,
-            region: None,
-            dbname: None,
-        };
-        let s = store_spec(&spec);
-        assert_eq!(
-            (s.name.as_str(), s.secret_id.as_str(), s.format),
-            ("db", "rds-iam://app@h.internal:5432", Format::Json)
-        );
-        assert_eq!(s.file_name(), "db.json");
+        let longest: Vec<u64> = (1..=7).map(|n| retry_delay(n, 1.0).as_secs()).collect();
+        assert_eq!(longest, [1, 2, 4, 8, 16, 30, 30]);
+        let shortest: Vec<f64> = (1..=7).map(|n| retry_delay(n, 0.0).as_secs_f64()).collect();
+        assert_eq!(shortest, [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0], "jittered, never below half the step");
+        assert_eq!(retry_delay(u32::MAX, 1.0), MAX_RETRY);
     }
 }

@@ -3,9 +3,8 @@
 //! The fast path answers from memory and is not a second API: it declines every request it is not sure
 //! of (another method, a query, a refusal, an error), and the router answers those with its layers —
 //! the sidecar tests that both give the same answer, byte for byte, wherever the fast path answers
-//! (`src/http.rs`). Measured against the router alone for the same GET (issue 11), the fast path saves the
-//! router's clone of a boxed route, its path and query extractors and their allocations, and the boxed
-//! response body.
+//! (`src/http.rs`). Against the router alone for the same GET, the fast path saves the router's clone of
+//! a boxed route, its path and query extractors and their allocations, and the boxed response body.
 //!
 //! Each connection's [`Edge`] also counts what it has been asked, for [`mod@crate::serve`]'s idle check: a
 //! count and a flag, not a timer per request.

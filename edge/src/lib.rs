@@ -5,7 +5,7 @@
 //! every route and a [`FastPath`] that answers the one request an app makes over and over —
 //! `GET /v1/secrets/NAME` — from memory, without the router's matching, extractors and boxed handlers.
 //!
-//! It is a crate of its own (issue 11) so that the compiler keeps the request path apart from the store
+//! It is a crate of its own so that the compiler keeps the request path apart from the store
 //! and the AWS SDK, and so that the release profile can set its opt-level apart from the rest of the
 //! sidecar's: its functions are not generic over the sidecar's types, so hyper's connection code is
 //! instantiated and compiled here (root `Cargo.toml`, beside the profile, says what that measured).

@@ -1,7 +1,6 @@
-//! The listener: which connections are served, and for how long. HTTP/1.1 only (what the README
+//! The listener: which connections are served, and for how long. HTTP/1.1 only (what docs/http-api.md
 //! documents), through hyper's own connection builder, because `axum::serve` closes no connection that
-//! goes quiet: a client that sends nothing keeps its connection for ever (issue 8: 500 slow local
-//! connections stayed open and RSS grew from 8 to 20–32 MiB).
+//! goes quiet: a client that sends nothing keeps its connection, and its buffers, for ever.
 //!
 //! - A connection that sends nothing for [`IDLE_TIMEOUT`] after being accepted is closed before hyper sees
 //!   it, so a storm of silent clients costs sockets, not buffers.
@@ -10,7 +9,7 @@
 //!   unless an answer is still being made for it (a forced refresh). This is checked by one timer per
 //!   connection that ticks four times per timeout and reads the connection's request count
 //!   ([`crate::dispatch`]), not by hyper's header-read timeout: that one arms a timer for every request
-//!   head, and re-registering and cancelling it was 8% of the user-space time of a GET (issue 11).
+//!   head, and re-registering and cancelling a timer per request is a visible part of a GET's cost.
 //! - At most [`MAX_CONNECTIONS`] are open at once. At the cap the sidecar stops accepting: further
 //!   connections wait in the kernel's backlog, costing this process no memory, until a slot frees.
 //! - On shutdown it stops accepting, lets requests in flight finish and closes idle connections; the
@@ -94,8 +93,8 @@ pub async fn serve(listener: TcpListener, routes: Routes, limits: Limits, shutdo
             }
             let activity = service.activity();
             // The connection in a task of its own, which polls hyper alone: were the idle check beside it in
-            // one `select!`, its timer would be polled at every wake-up of the connection, once per request
-            // (issue 11). Until here, this task is a few hundred bytes, not the size of hyper's state.
+            // one `select!`, its timer would be polled at every wake-up of the connection, once per request.
+            // Until here, this task is a few hundred bytes, not the size of hyper's state.
             let conn = tokio::spawn(watcher.watch(builder.serve_connection(TokioIo::new(stream), service)));
             let abort = conn.abort_handle();
             // Aborting drops the connection, which closes it. Timeouts and clients that vanish end here; not
@@ -191,7 +190,7 @@ mod tests {
         }
     }
 
-    /// Issue 8: under `axum::serve` a client that sent nothing, or half a header, kept its connection.
+    /// Under `axum::serve` a client that sends nothing, or half a header, keeps its connection; here not.
     #[tokio::test]
     async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
         let (addr, _cancel) = start(Limits { idle_timeout: 300 * MS, max_connections: 16 }).await;
@@ -275,7 +274,7 @@ mod tests {
         v
     }
 
-    /// Issue 8: HTTP/2 cleartext (prior knowledge) was served although nothing documents it.
+    /// HTTP/2 cleartext (prior knowledge) is not served: nothing documents it, so nothing tests it.
     #[tokio::test]
     async fn http2_prior_knowledge_is_not_served() {
         let (addr, _cancel) = start(Limits::default()).await;

@@ -54,16 +54,12 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> Result<aws_config::SdkCon
 }
 
 impl AwsSource {
-    /// Loads the SDK configuration from the environment, with our timeouts.
-    pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, SetupError> {
-        Ok(Self::from_sdk(&sdk_config(endpoint_url).await?))
-    }
-
     pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Self {
         AwsSource { client: Client::new(sdk) }
     }
 
-    /// Wraps a ready client (tests use this with `aws-smithy-mocks`).
+    /// Wraps a ready client: `aws-smithy-mocks`'s, in tests.
+    #[cfg(test)]
     pub fn from_client(client: Client) -> Self {
         AwsSource { client }
     }
@@ -159,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn access_denied_on_describe_is_reported_as_such() {
-        // moto allows everything, so the denial only exists here (issue #2: fallback when DescribeSecret is denied).
+        // moto allows everything, so a denied DescribeSecret (which switches a secret to get-only) exists only here.
         let rule = mock!(Client::describe_secret).then_http_response(aws_error("AccessDeniedException"));
         let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
         assert_eq!(
@@ -168,8 +164,8 @@ mod tests {
         );
     }
 
-    /// Issue 8: an invalid or expired key was reported as AccessDenied, and a denied DescribeSecret turns
-    /// rotation awareness off; refused credentials are their own kind.
+    /// An invalid or expired key is not AccessDenied: a denied DescribeSecret turns rotation awareness off,
+    /// so refused credentials must be their own kind.
     #[tokio::test]
     async fn refused_credentials_are_not_access_denied() {
         for code in ["UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException"] {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{FetchError, Fetched, Labels};
-use crate::config::SecretSpec;
+use crate::entry::SecretSpec;
 use crate::secret::SecretValue;
 
 pub struct DevSource {
@@ -97,7 +97,7 @@ pub fn watch(path: &Path, on_change: impl Fn() + Send + 'static) -> notify::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Format;
+    use crate::entry::Format;
 
     fn spec(name: &str, id: &str) -> SecretSpec {
         SecretSpec { name: name.into(), secret_id: id.into(), format: Format::Json }

@@ -4,15 +4,16 @@
 //! ([`Source::get_version`]), and the value of whatever is `AWSCURRENT` ([`Source::get_current`], the
 //! fallback when `DescribeSecret` is not allowed).
 
-pub mod aws;
-pub mod dev;
+pub(crate) mod aws;
+pub(crate) mod dev;
 pub mod rds_iam;
 
-use crate::config::SecretSpec;
+use crate::entry::SecretSpec;
 use crate::secret::SecretValue;
 
-pub use aws::AwsSource;
-pub use dev::DevSource;
+pub(crate) use aws::AwsSource;
+pub use aws::SetupError;
+pub(crate) use dev::DevSource;
 
 pub const AWSCURRENT: &str = "AWSCURRENT";
 pub const AWSPENDING: &str = "AWSPENDING";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use secrets_sidecar::config::{Format, TemplateSpec};
+use secrets_sidecar::entry::{Format, TemplateSpec};
 use secrets_sidecar::secret::SecretValue;
 use secrets_sidecar::template::Template;
 use serde_json::Value;

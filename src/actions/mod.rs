@@ -1,5 +1,6 @@
-//! On-change actions (`--on-change`, issue 10): an HTTP request to a loopback URL (Puma's control app) or a
-//! signal to a process of the task, fired once after a published change of the names an action watches.
+//! On-change actions (`--on-change`): an HTTP request to a loopback URL (Puma's control app) or a signal to
+//! a process of the task, fired once after a published change of the names an action watches. What an
+//! action says is [`spec`]'s; this module runs them.
 //!
 //! Each action is one task that owns its state: the counts it has seen, the names changed since it last
 //! fired, its debounce timer and retries. It watches the [`crate::changes`] counters, which rise only after
@@ -20,21 +21,22 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+pub mod spec;
 
 use crate::backoff::{backoff, unit_random};
 use crate::changes::Watch;
-use crate::config::{Action, HttpAction, OnChange, SignalName, SignalTarget};
 use crate::metrics::{ActionOutcome, Metrics};
+use crate::percent::UNRESERVED;
 use crate::secret::SecretString;
-use crate::store::Store;
+use crate::task::Services;
+use spec::{Action, HttpAction, OnChange, SignalName, SignalTarget};
 
 /// An action fires at the latest this many debounce periods after the first change of a burst.
 pub const MAX_WAIT_FACTOR: u32 = 4;
@@ -49,9 +51,9 @@ pub const RETRY_CAP: Duration = Duration::from_secs(30);
 #[error("--on-change watches {0:?}, which is not a published name")]
 pub struct UnknownName(pub String);
 
-/// The result of one attempt.
+/// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Fired {
     /// Done; the detail says what answered (`200 OK`, `pid 42`).
     Ok(String),
     /// The reason, free of the token and the query.
@@ -60,33 +62,27 @@ pub enum Outcome {
     Timeout,
 }
 
-impl Outcome {
+impl Fired {
     fn metric(&self) -> ActionOutcome {
         match self {
-            Outcome::Ok(_) => ActionOutcome::ok,
-            Outcome::Failed(_) => ActionOutcome::failed,
-            Outcome::Timeout => ActionOutcome::timeout,
+            Fired::Ok(_) => ActionOutcome::ok,
+            Fired::Failed(_) => ActionOutcome::failed,
+            Fired::Timeout => ActionOutcome::timeout,
         }
     }
 }
 
 /// Starts one task per action. Every watched name must be in the store.
-pub fn start(
-    actions: &[OnChange],
-    store: &Store,
-    metrics: Arc<Metrics>,
-    tracker: &TaskTracker,
-    cancel: CancellationToken,
-) -> Result<(), UnknownName> {
+pub fn start(services: &Services, actions: &[OnChange]) -> Result<(), UnknownName> {
     // Subscribe to everything first, so a bad name starts nothing.
     let mut subscribed = Vec::with_capacity(actions.len());
     for spec in actions {
-        subscribed.push(Watched::new(store.changes().watch(&spec.watch).map_err(UnknownName)?));
+        subscribed.push(Watched::new(services.store.watch(&spec.watch).map_err(UnknownName)?));
     }
     for (index, (spec, watched)) in actions.iter().zip(subscribed).enumerate() {
-        let (spec, metrics, cancel) = (spec.clone(), metrics.clone(), cancel.clone());
-        let timing = Timing::of(&spec);
-        tracker.spawn(async move {
+        let (spec, metrics, cancel) = (spec.clone(), services.metrics.clone(), services.cancel.clone());
+        let timing = Debounce::of(&spec);
+        services.tracker.spawn(async move {
             let target = target(&spec.action);
             tracing::info!(action = index, watch = %spec.watch.join("+"), target = %target,
                 debounce_ms = u64::try_from(spec.debounce.as_millis()).unwrap_or(u64::MAX), initial = spec.initial,
@@ -120,16 +116,16 @@ impl Watched {
     }
 }
 
-/// An action's timing options.
+/// When an action fires: its debounce, and whether the initial publish counts as a change.
 #[derive(Debug, Clone, Copy)]
-struct Timing {
+struct Debounce {
     debounce: Duration,
     initial: bool,
 }
 
-impl Timing {
+impl Debounce {
     fn of(spec: &OnChange) -> Self {
-        Timing { debounce: spec.debounce, initial: spec.initial }
+        Debounce { debounce: spec.debounce, initial: spec.initial }
     }
 }
 
@@ -153,10 +149,10 @@ fn collect(watched: &mut Watched, initial: bool, into: &mut BTreeSet<String>) ->
 }
 
 /// The action's loop: wait for a change, debounce, fire with retries; until `cancel`.
-async fn run_action<F, Fut>(mut watched: Watched, timing: Timing, cancel: CancellationToken, mut fire: F)
+async fn run_action<F, Fut>(mut watched: Watched, timing: Debounce, cancel: CancellationToken, mut fire: F)
 where
     F: FnMut(&BTreeSet<String>, u32) -> Fut,
-    Fut: Future<Output = Outcome>,
+    Fut: Future<Output = Fired>,
 {
     let mut pending = BTreeSet::new();
     // The counters may have risen before this task ran (the initial publish, typically).
@@ -198,7 +194,7 @@ where
                 outcome = fire(&names, attempt) => outcome,
                 () = cancel.cancelled() => return,
             };
-            if matches!(outcome, Outcome::Ok(_)) || attempt == MAX_RETRIES {
+            if matches!(outcome, Fired::Ok(_)) || attempt == MAX_RETRIES {
                 break;
             }
             let retry_at = Instant::now() + backoff(attempt, RETRY_BASE, RETRY_CAP, unit_random());
@@ -245,7 +241,7 @@ fn report(
     changed: &str,
     attempt: u32,
     took: Duration,
-    outcome: &Outcome,
+    outcome: &Fired,
     metrics: &Metrics,
 ) {
     metrics.action(index, outcome.metric(), SystemTime::now());
@@ -255,11 +251,11 @@ fn report(
     };
     let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
     match outcome {
-        Outcome::Ok(detail) => tracing::info!(action = index, kind, target, changed, attempt, duration_ms = ms,
+        Fired::Ok(detail) => tracing::info!(action = index, kind, target, changed, attempt, duration_ms = ms,
             outcome = "ok", detail = %detail, "on-change action fired"),
-        Outcome::Failed(reason) => tracing::warn!(action = index, kind, target, changed, attempt, duration_ms = ms,
+        Fired::Failed(reason) => tracing::warn!(action = index, kind, target, changed, attempt, duration_ms = ms,
             outcome = "failed", error = %reason, retry = attempt < MAX_RETRIES, "on-change action failed"),
-        Outcome::Timeout => tracing::warn!(
+        Fired::Timeout => tracing::warn!(
             action = index,
             kind,
             target,
@@ -275,7 +271,7 @@ fn report(
 }
 
 /// One attempt, bounded by `timeout`.
-pub async fn fire(action: &Action, timeout: Duration) -> Outcome {
+pub async fn fire(action: &Action, timeout: Duration) -> Fired {
     let attempt = async {
         match action {
             Action::Http(h) => fire_http(h).await,
@@ -288,17 +284,11 @@ pub async fn fire(action: &Action, timeout: Duration) -> Outcome {
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(detail)) => Outcome::Ok(detail),
-        Ok(Err(reason)) => Outcome::Failed(reason),
-        Err(_) => Outcome::Timeout,
+        Ok(Ok(detail)) => Fired::Ok(detail),
+        Ok(Err(reason)) => Fired::Failed(reason),
+        Err(_) => Fired::Timeout,
     }
 }
-
-/// Characters sent as they are in the token's query value; everything else is percent-encoded. Puma
-/// compares the raw query string with `token=TOKEN`, so a token of these characters only is what works
-/// there.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 async fn fire_http(h: &HttpAction) -> Result<String, String> {
     let token = match &h.token_file {
@@ -317,7 +307,7 @@ async fn fire_http(h: &HttpAction) -> Result<String, String> {
         path_and_query.push(separator);
         path_and_query.push_str(&h.token_param);
         path_and_query.push('=');
-        path_and_query.extend(percent_encoding::utf8_percent_encode(token.expose(), QUERY_VALUE));
+        path_and_query.extend(percent_encoding::utf8_percent_encode(token.expose(), UNRESERVED));
     }
     let addr = resolve_loopback(&h.host, h.port).await?;
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
@@ -413,7 +403,7 @@ fn send_signal(signal: SignalName, target: &SignalTarget) -> Result<String, Stri
     Ok(format!("SIG{} sent to pid {}", signal.as_str(), sent.join(",")))
 }
 
-/// Every process (other than this one) whose `comm` or argv[0] file name is `name`, as `/proc` shows them
+/// Every process (other than this one) whose `comm` or `argv[0]` file name is `name`, as `/proc` shows them
 /// (with ECS `pidMode: task`, the app container's processes too).
 fn processes_named(name: &str) -> Vec<rustix::process::Pid> {
     let own = std::process::id();
@@ -438,10 +428,17 @@ fn processes_named(name: &str) -> Vec<rustix::process::Pid> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::publish::Outcome as Written;
+    use crate::store::Store;
+
+    /// A publication of `name` in `store`, `rewritten` when the file's bytes changed.
+    fn publish(store: &Store, name: &str, rewritten: bool) {
+        let version =
+            Arc::new(crate::store::Version::rendered("v".into(), crate::secret::SecretValue::from("x".to_owned())));
+        store.get(name).unwrap().publish(version, rewritten);
+    }
 
     /// Each firing: when (since the test's start) and for which names.
     type Firings = Arc<Mutex<Vec<(Duration, Vec<String>)>>>;
@@ -455,9 +452,9 @@ mod tests {
     }
 
     impl Probe {
-        fn start(store: &Store, names: &[&str], debounce: Duration, initial: bool, outcomes: Vec<Outcome>) -> Probe {
+        fn start(store: &Store, names: &[&str], debounce: Duration, initial: bool, outcomes: Vec<Fired>) -> Probe {
             let t0 = Instant::now();
-            let watched = Watched::new(store.changes().watch(names).unwrap());
+            let watched = Watched::new(store.watch(names).unwrap());
             let cancel = CancellationToken::new();
             let firings = Arc::new(Mutex::new(Vec::new()));
             let outcomes = Arc::new(Mutex::new(outcomes.into_iter()));
@@ -465,10 +462,10 @@ mod tests {
             let task = tokio::spawn(async move {
                 let fire = |names: &BTreeSet<String>, _attempt: u32| {
                     f.lock().unwrap().push((t0.elapsed(), names.iter().cloned().collect()));
-                    let outcome = outcomes.lock().unwrap().next().unwrap_or(Outcome::Ok("200 OK".into()));
+                    let outcome = outcomes.lock().unwrap().next().unwrap_or(Fired::Ok("200 OK".into()));
                     std::future::ready(outcome)
                 };
-                run_action(watched, Timing { debounce, initial }, c, fire).await;
+                run_action(watched, Debounce { debounce, initial }, c, fire).await;
             });
             Probe { firings, cancel, task }
         }
@@ -500,12 +497,12 @@ mod tests {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
         let probe = Probe::start(&store, &["app"], secs(5.0), false, vec![]);
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         at(20_000).await;
         assert_eq!(probe.firings(), [], "count 1 is the initial publish");
         for ms in [20_000, 21_000, 23_000] {
             at(ms).await;
-            store.changes().published("app", Written::Written);
+            publish(&store, "app", true);
         }
         at(60_000).await;
         assert_eq!(probe.firings(), [(secs(28.0), vec!["app".to_owned()])], "5 s after the last of the three");
@@ -516,11 +513,11 @@ mod tests {
     async fn changes_further_apart_than_the_debounce_fire_once_each() {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
         for ms in [1_000, 5_000] {
             at(ms).await;
-            store.changes().published("app", Written::Written);
+            publish(&store, "app", true);
         }
         at(10_000).await;
         let times: Vec<_> = probe.firings().into_iter().map(|(t, _)| t).collect();
@@ -533,9 +530,9 @@ mod tests {
         let store = Store::for_names(&["app", "redis"]);
         START.with(|_| ());
         let probe = Probe::start(&store, &["app", "redis"], secs(1.0), true, vec![]);
-        store.changes().published("app", Written::Unchanged);
+        publish(&store, "app", false);
         at(300).await;
-        store.changes().published("redis", Written::Written);
+        publish(&store, "redis", true);
         at(5_000).await;
         assert_eq!(probe.firings(), [(secs(1.3), vec!["app".to_owned(), "redis".to_owned()])]);
         probe.stop().await;
@@ -545,8 +542,8 @@ mod tests {
     async fn a_name_first_seen_after_a_change_counts_even_without_initial() {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
+        publish(&store, "app", true);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
         at(5_000).await;
         assert_eq!(probe.firings(), [(secs(1.0), vec!["app".to_owned()])]);
@@ -557,11 +554,11 @@ mod tests {
     async fn a_constant_stream_of_changes_still_fires_at_four_times_the_debounce() {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
         for ms in (100..10_000).step_by(600) {
             at(ms).await;
-            store.changes().published("app", Written::Written);
+            publish(&store, "app", true);
         }
         at(15_000).await;
         let times: Vec<_> = probe.firings().into_iter().map(|(t, _)| t).collect();
@@ -576,11 +573,11 @@ mod tests {
     async fn a_failed_firing_is_retried_with_backoff_until_it_succeeds() {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
-        let failures = vec![Outcome::Failed("answered 503".into()), Outcome::Timeout];
+        publish(&store, "app", true);
+        let failures = vec![Fired::Failed("answered 503".into()), Fired::Timeout];
         let probe = Probe::start(&store, &["app"], secs(1.0), false, failures);
         at(0).await;
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         at(60_000).await;
         let times: Vec<_> = probe.firings().into_iter().map(|(t, _)| t).collect();
         assert_eq!(times.len(), 3, "two failures, then the success: {times:?}");
@@ -594,10 +591,10 @@ mod tests {
     async fn retries_stop_after_max_retries() {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
-        let failures = vec![Outcome::Failed("connection refused".into()); 10];
+        publish(&store, "app", true);
+        let failures = vec![Fired::Failed("connection refused".into()); 10];
         let probe = Probe::start(&store, &["app"], secs(1.0), false, failures);
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         at(600_000).await;
         assert_eq!(probe.firings().len(), 1 + MAX_RETRIES as usize);
         probe.stop().await;
@@ -607,14 +604,14 @@ mod tests {
     async fn a_change_during_retries_supersedes_them_and_its_firing_covers_both() {
         let store = Store::for_names(&["app", "redis"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
-        store.changes().published("redis", Written::Written);
-        let failures = vec![Outcome::Failed("answered 503".into())];
+        publish(&store, "app", true);
+        publish(&store, "redis", true);
+        let failures = vec![Fired::Failed("answered 503".into())];
         let probe = Probe::start(&store, &["app", "redis"], secs(1.0), false, failures);
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         // The first attempt fails at 1 s; its retry would come 0.5–1 s later. A change at 1.2 s wins.
         at(1_200).await;
-        store.changes().published("redis", Written::Written);
+        publish(&store, "redis", true);
         at(30_000).await;
         assert_eq!(
             probe.firings(),
@@ -627,9 +624,9 @@ mod tests {
     async fn a_publication_with_the_same_bytes_is_not_a_change() {
         let store = Store::for_names(&["app"]);
         START.with(|_| ());
-        store.changes().published("app", Written::Written);
+        publish(&store, "app", true);
         let probe = Probe::start(&store, &["app"], secs(1.0), false, vec![]);
-        store.changes().published("app", Written::Unchanged);
+        publish(&store, "app", false);
         at(10_000).await;
         assert_eq!(probe.firings(), []);
         probe.stop().await;
@@ -640,12 +637,10 @@ mod tests {
         let store = Store::for_names(&["app"]);
         let spec: OnChange = "app+db=signal HUP pidfile=/x".parse().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let tracker = TaskTracker::new();
-        let err = rt.block_on(async {
-            start(&[spec], &store, Arc::new(Metrics::default()), &tracker, CancellationToken::new()).unwrap_err()
-        });
+        let services = Services::for_tests(store, std::path::Path::new("/nonexistent"));
+        let err = rt.block_on(async { start(&services, &[spec]).unwrap_err() });
         assert_eq!(err, UnknownName("db".into()));
-        assert!(tracker.is_empty(), "nothing started");
+        assert!(services.tracker.is_empty(), "nothing started");
     }
 
     /// A loopback HTTP server (hyper's) that records each request's method, path and query and answers
@@ -695,14 +690,14 @@ mod tests {
             "app=http GET http://127.0.0.1:{port}/phased-restart token-file={}",
             token_file.display()
         ));
-        assert_eq!(fire(&action, secs(5.0)).await, Outcome::Ok("200 OK".into()));
+        assert_eq!(fire(&action, secs(5.0)).await, Fired::Ok("200 OK".into()));
         // The file is read at each firing: a new token is used at once.
         std::fs::write(&token_file, "other").unwrap();
         let action = http_action(&format!(
             "app=http POST http://localhost:{port}/x?a=1 token-file={} token-param=auth",
             token_file.display()
         ));
-        assert_eq!(fire(&action, secs(5.0)).await, Outcome::Ok("200 OK".into()));
+        assert_eq!(fire(&action, secs(5.0)).await, Fired::Ok("200 OK".into()));
         assert_eq!(
             *seen.lock().unwrap(),
             [
@@ -721,12 +716,12 @@ mod tests {
         let entry =
             |port: u16| format!("a=http GET http://127.0.0.1:{port}/x?q=s3cr3t token-file={}", token_file.display());
         let outcome = fire(&http_action(&entry(port)), secs(5.0)).await;
-        assert_eq!(outcome, Outcome::Failed("answered 403 Forbidden".into()));
+        assert_eq!(outcome, Fired::Failed("answered 403 Forbidden".into()));
         let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let Outcome::Failed(reason) = fire(&http_action(&entry(refused)), secs(5.0)).await else { panic!() };
+        let Fired::Failed(reason) = fire(&http_action(&entry(refused)), secs(5.0)).await else { panic!() };
         assert!(reason.starts_with(&format!("connecting to 127.0.0.1:{refused}: ")), "{reason}");
         std::fs::remove_file(&token_file).unwrap();
-        let Outcome::Failed(reason) = fire(&http_action(&entry(port)), secs(5.0)).await else { panic!() };
+        let Fired::Failed(reason) = fire(&http_action(&entry(port)), secs(5.0)).await else { panic!() };
         assert!(reason.starts_with(&format!("reading token file {}: ", token_file.display())), "{reason}");
         assert!(!reason.contains("s3cr3t"));
     }
@@ -736,7 +731,7 @@ mod tests {
         let (port, seen) = server(200, Duration::from_secs(30)).await;
         let started = std::time::Instant::now();
         let outcome = fire(&http_action(&format!("a=http GET http://127.0.0.1:{port}/slow")), secs(0.3)).await;
-        assert_eq!(outcome, Outcome::Timeout);
+        assert_eq!(outcome, Fired::Timeout);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert_eq!(seen.lock().unwrap().len(), 1, "the request did arrive");
     }
@@ -756,7 +751,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
         });
         let outcome = fire(&http_action(&format!("a=http GET http://127.0.0.1:{port}/slow")), secs(0.3)).await;
-        assert_eq!(outcome, Outcome::Timeout);
+        assert_eq!(outcome, Fired::Timeout);
         let after = server.await.unwrap();
         assert!(matches!(after, Ok(Ok(0))), "the connection is still open after the timeout: {after:?}");
     }
@@ -769,13 +764,13 @@ mod tests {
         std::fs::write(&pidfile, format!("{}\n", child.id().unwrap())).unwrap();
         let action = http_action(&format!("a=signal SIGTERM pidfile={}", pidfile.display()));
         let outcome = fire(&action, secs(5.0)).await;
-        assert_eq!(outcome, Outcome::Ok(format!("SIGTERM sent to pid {}", child.id().unwrap())));
+        assert_eq!(outcome, Fired::Ok(format!("SIGTERM sent to pid {}", child.id().unwrap())));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(child.wait().await.unwrap().signal(), Some(15));
         std::fs::write(&pidfile, "not a pid").unwrap();
         let outcome = fire(&action, secs(5.0)).await;
-        assert_eq!(outcome, Outcome::Failed(format!("pid file {} does not hold a pid", pidfile.display())));
+        assert_eq!(outcome, Fired::Failed(format!("pid file {} does not hold a pid", pidfile.display())));
         let outcome = fire(&http_action("a=signal HUP process=no-such-process-x"), secs(5.0)).await;
-        assert_eq!(outcome, Outcome::Failed("no process named \"no-such-process-x\"".into()));
+        assert_eq!(outcome, Fired::Failed("no process named \"no-such-process-x\"".into()));
     }
 }

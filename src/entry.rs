@@ -1,0 +1,393 @@
+//! The entries a sidecar publishes, as the command line names them: a Secrets Manager secret
+//! (`NAME=SECRET_ID[?format=…]`), an RDS IAM token to sign (`NAME=rds-iam://USER@HOST:PORT`) and a
+//! `--template` (`NAME=PATH[?from=SECRET]`), with the one rule for a NAME ([`valid_name`]).
+//!
+//! A leaf: every other module may use these types, and this one uses nothing of the crate, so what an
+//! entry *is* can be read, parsed and tested without the configuration, the store or AWS.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// How a secret's value is written and served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `SecretString`, required to be a JSON object, written to `NAME.json`.
+    Json,
+    /// `SecretString` or `SecretBinary` bytes as they are, written to `NAME`.
+    Raw,
+    /// A JSON object rendered as a dotenv file, written to `NAME.env`.
+    Env,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Raw => "raw",
+            Format::Env => "env",
+        }
+    }
+}
+
+/// One `NAME=SECRET_ID[?format=json|raw|env]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub secret_id: String,
+    pub format: Format,
+}
+
+impl SecretSpec {
+    /// The file name inside the output directory. Names are validated so this can never leave it.
+    pub fn file_name(&self) -> String {
+        match self.format {
+            Format::Json => format!("{}.json", self.name),
+            Format::Raw => self.name.clone(),
+            Format::Env => format!("{}.env", self.name),
+        }
+    }
+}
+
+/// One `NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]` entry: an RDS IAM auth token the sidecar
+/// signs itself and publishes as `NAME.json`, in the shape of an RDS secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdsIamSpec {
+    pub name: String,
+    /// The database user the token logs in as (`DBUser`).
+    pub user: String,
+    /// The endpoint the app dials (instance, cluster, custom or RDS Proxy): the token is signed for it.
+    pub host: String,
+    pub port: u16,
+    /// The database's region when it differs from the SDK's.
+    pub region: Option<String>,
+    /// Passed through to the file as `dbname`.
+    pub dbname: Option<String>,
+}
+
+impl RdsIamSpec {
+    pub fn file_name(&self) -> String {
+        format!("{}.json", self.name)
+    }
+
+    /// The entry as a reader recognises it, without its options: `rds-iam://USER@HOST:PORT`.
+    pub fn target(&self) -> String {
+        format!("{RDS_IAM_SCHEME}{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// One `--template NAME=PATH[?from=SECRET]` entry, before its file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// The file in the output directory, and the name in the store, HTTP and health.
+    pub name: String,
+    /// The template file, read once at start.
+    pub path: PathBuf,
+    /// The secret whose top-level keys are the template's variables.
+    pub from: Option<String>,
+}
+
+impl FromStr for TemplateSpec {
+    type Err = SpecError;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        // The path ends at the first `?`, as a secret id does: a template path with a `?` is not supported.
+        let (name, path, options) = split_entry(entry)?;
+        if path.is_empty() {
+            return Err(SpecError::EmptyTemplatePath);
+        }
+        let mut from = None;
+        for opt in options.into_iter().flat_map(|o| o.split('&')) {
+            match opt.split_once('=') {
+                Some(("from", secret)) if valid_name(secret) => from = Some(secret.to_owned()),
+                _ => return Err(SpecError::BadTemplateOption(opt.to_owned())),
+            }
+        }
+        Ok(TemplateSpec { name: name.to_owned(), path: PathBuf::from(path), from })
+    }
+}
+
+/// One `--secret` entry of either kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Secret(SecretSpec),
+    RdsIam(RdsIamSpec),
+}
+
+/// The scheme that marks an IAM entry. `:` never occurs in a Secrets Manager secret name, and an ARN
+/// starts with `arn:`, so the two kinds cannot be confused.
+pub const RDS_IAM_SCHEME: &str = "rds-iam://";
+
+impl FromStr for Entry {
+    type Err = SpecError;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let trimmed = entry.trim();
+        match trimmed.split_once('=') {
+            Some((name, rest)) if rest.starts_with(RDS_IAM_SCHEME) => {
+                if !valid_name(name) {
+                    return Err(SpecError::BadName(name.to_owned()));
+                }
+                parse_rds_iam(name, &rest[RDS_IAM_SCHEME.len()..]).map(Entry::RdsIam)
+            }
+            _ => trimmed.parse().map(Entry::Secret),
+        }
+    }
+}
+
+/// `USER@HOST:PORT[?region=R&dbname=D]`. The user and dbname may be percent-encoded (a user with `@`).
+fn parse_rds_iam(name: &str, s: &str) -> Result<RdsIamSpec, SpecError> {
+    let bad = |why: &str| SpecError::BadRdsIam(format!("{RDS_IAM_SCHEME}{s}: {why}"));
+    let (authority, options) = match s.split_once('?') {
+        Some((a, o)) => (a, Some(o)),
+        None => (s, None),
+    };
+    let (user, host_port) = authority.rsplit_once('@').ok_or_else(|| bad("expected USER@HOST:PORT"))?;
+    let user = decode(user).ok_or_else(|| bad("the user is not valid percent-encoded UTF-8"))?;
+    if user.is_empty() || user.len() > 63 || user.chars().any(char::is_control) {
+        return Err(bad("the user must be 1 to 63 printable characters"));
+    }
+    let (host, port) = host_port.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT (the port is required)"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !host_ok {
+        return Err(bad("the host must be a DNS name or IPv4 address"));
+    }
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port must be 1 to 65535"))?;
+    let (mut region, mut dbname) = (None, None);
+    for opt in options.into_iter().flat_map(|o| o.split('&')) {
+        match opt.split_once('=') {
+            Some(("region", r))
+                if !r.is_empty()
+                    && r.len() <= 32
+                    && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+            {
+                region = Some(r.to_owned())
+            }
+            Some(("dbname", d)) => {
+                let d = decode(d).filter(|d| !d.is_empty() && !d.chars().any(char::is_control));
+                dbname = Some(d.ok_or_else(|| bad("dbname must be a non-empty, printable name"))?);
+            }
+            _ => return Err(SpecError::BadIamOption(opt.to_owned())),
+        }
+    }
+    Ok(RdsIamSpec { name: name.to_owned(), user, host: host.to_ascii_lowercase(), port, region, dbname })
+}
+
+fn decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("empty entry (a stray comma in SIDECAR_SECRETS?)")]
+    Empty,
+    #[error("{0:?} is not NAME=SECRET_ID")]
+    NoEquals(String),
+    #[error("name {0:?} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}")]
+    BadName(String),
+    #[error("secret id {0:?} is not a Secrets Manager name or ARN")]
+    BadSecretId(String),
+    #[error("{0}")]
+    BadRdsIam(String),
+    #[error("unknown option {0:?} (the only option is format=json|raw|env)")]
+    BadOption(String),
+    #[error("unknown option {0:?} (rds-iam:// entries take region=REGION and dbname=NAME)")]
+    BadIamOption(String),
+    #[error("the template path is empty (expected NAME=PATH[?from=SECRET])")]
+    EmptyTemplatePath,
+    #[error("unknown option {0:?} (a template takes from=SECRET, a secret's NAME)")]
+    BadTemplateOption(String),
+}
+
+impl FromStr for SecretSpec {
+    type Err = SpecError;
+
+    fn from_str(entry: &str) -> Result<Self, Self::Err> {
+        let (name, secret_id, options) = split_entry(entry)?;
+        if !valid_secret_id(secret_id) {
+            return Err(SpecError::BadSecretId(secret_id.to_owned()));
+        }
+        let mut format = Format::Json;
+        for opt in options.into_iter().flat_map(|o| o.split('&')) {
+            format = match opt {
+                "format=json" => Format::Json,
+                "format=raw" => Format::Raw,
+                "format=env" => Format::Env,
+                other => return Err(SpecError::BadOption(other.to_owned())),
+            };
+        }
+        Ok(SecretSpec { name: name.to_owned(), secret_id: secret_id.to_owned(), format })
+    }
+}
+
+/// `NAME=VALUE[?OPTIONS]`, the shape of `--secret` and `--template` entries, with NAME checked. `?` never
+/// occurs in a secret name or ARN, so it can introduce options unambiguously, and `,` stays free for the
+/// list separator of the environment variables.
+fn split_entry(entry: &str) -> Result<(&str, &str, Option<&str>), SpecError> {
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return Err(SpecError::Empty);
+    }
+    let (name, rest) = entry.split_once('=').ok_or_else(|| SpecError::NoEquals(entry.to_owned()))?;
+    if !valid_name(name) {
+        return Err(SpecError::BadName(name.to_owned()));
+    }
+    Ok(match rest.split_once('?') {
+        Some((value, options)) => (name, value, Some(options)),
+        None => (name, rest, None),
+    })
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: safe as a file name and a URL path segment, and never `.`/`..`
+/// or a dot-file (the first character is alphanumeric), so it cannot collide with `.token` or temp files.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Secret names allow `A-Za-z0-9/_+=.@-`; RDS-owned ones add `!` (`rds!cluster-…`); ARNs add `:`.
+/// Names are at most 512 characters; an ARN adds at most a few hundred more.
+fn valid_secret_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 2048 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-!:".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn spec_accepts_rds_names_paths_and_arns() {
+        for (entry, id) in [
+            ("db=rds!cluster-1b2c3d4e-aaaa", "rds!cluster-1b2c3d4e-aaaa"),
+            ("app.cfg=prod/app/db", "prod/app/db"),
+            (
+                "db=arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-abc-Zx9Y1a",
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-abc-Zx9Y1a",
+            ),
+        ] {
+            let spec: SecretSpec = entry.parse().unwrap();
+            assert_eq!(spec.secret_id, id);
+            assert_eq!(spec.format, Format::Json);
+        }
+    }
+
+    #[test]
+    fn spec_format_option_selects_raw_file_name() {
+        let spec: SecretSpec = "cert=prod/tls?format=raw".parse().unwrap();
+        assert_eq!((spec.format, spec.file_name().as_str()), (Format::Raw, "cert"));
+        let spec: SecretSpec = "db=prod/db?format=json".parse().unwrap();
+        assert_eq!(spec.file_name(), "db.json");
+        let spec: SecretSpec = "app=prod/app?format=env".parse().unwrap();
+        assert_eq!((spec.format, spec.file_name().as_str()), (Format::Env, "app.env"));
+    }
+
+    #[test]
+    fn spec_rejects_malformed_entries_with_the_offending_part() {
+        assert_eq!("".parse::<SecretSpec>(), Err(SpecError::Empty));
+        assert_eq!("db".parse::<SecretSpec>(), Err(SpecError::NoEquals("db".into())));
+        assert_eq!("../x=a".parse::<SecretSpec>(), Err(SpecError::BadName("../x".into())));
+        assert_eq!(".token=a".parse::<SecretSpec>(), Err(SpecError::BadName(".token".into())));
+        assert_eq!("db=".parse::<SecretSpec>(), Err(SpecError::BadSecretId("".into())));
+        assert_eq!("db=a b".parse::<SecretSpec>(), Err(SpecError::BadSecretId("a b".into())));
+        assert_eq!("db=a?fmt=raw".parse::<SecretSpec>(), Err(SpecError::BadOption("fmt=raw".into())));
+    }
+
+    #[test]
+    fn rds_iam_entries_parse_user_host_port_and_options() {
+        let e: Entry = "db=rds-iam://app@app.cluster-c9akciq32.eu-west-1.rds.amazonaws.com:3306".parse().unwrap();
+        assert_eq!(
+            e,
+            Entry::RdsIam(RdsIamSpec {
+                name: "db".into(),
+                user: "app".into(),
+                host: "app.cluster-c9akciq32.eu-west-1.rds.amazonaws.com".into(),
+                port: 3306,
+                region: None,
+                dbname: None,
+            })
+        );
+        let e: Entry =
+            "db=rds-iam://svc%40x@Proxy.example.internal:5432?region=us-west-2&dbname=app%20db".parse().unwrap();
+        let Entry::RdsIam(spec) = e else { panic!("not an IAM entry") };
+        assert_eq!((spec.user.as_str(), spec.host.as_str()), ("svc@x", "proxy.example.internal"));
+        assert_eq!((spec.region.as_deref(), spec.dbname.as_deref()), (Some("us-west-2"), Some("app db")));
+        assert_eq!(spec.file_name(), "db.json");
+        // Everything else is a Secrets Manager entry, ARNs included.
+        let e: Entry = "db=arn:aws:secretsmanager:eu-west-1:123456789012:secret:x".parse().unwrap();
+        assert!(matches!(e, Entry::Secret(_)));
+    }
+
+    #[test]
+    fn malformed_rds_iam_entries_name_what_is_wrong() {
+        for (entry, phrase) in [
+            ("db=rds-iam://db.internal:3306", "expected USER@HOST:PORT"),
+            ("db=rds-iam://app@db.internal", "the port is required"),
+            ("db=rds-iam://app@db.internal:0", "1 to 65535"),
+            ("db=rds-iam://app@db.internal:99999", "1 to 65535"),
+            ("db=rds-iam://app@db_internal:3306", "DNS name"),
+            ("db=rds-iam://app@[::1]:3306", "DNS name"),
+            ("db=rds-iam://@db.internal:3306", "1 to 63 printable"),
+            ("db=rds-iam://app@db.internal:3306?region=EU_WEST", "region=EU_WEST"),
+            ("db=rds-iam://app@db.internal:3306?format=raw", "format=raw"),
+        ] {
+            let err = entry.parse::<Entry>().unwrap_err().to_string();
+            assert!(err.contains(phrase), "{entry}: {err}");
+        }
+        assert_eq!("../x=rds-iam://a@b:1".parse::<Entry>(), Err(SpecError::BadName("../x".into())));
+    }
+
+    #[test]
+    fn template_entries_parse_name_path_and_from() {
+        assert_eq!(
+            "db_url=/etc/sidecar/db_url.j2?from=db".parse::<TemplateSpec>(),
+            Ok(TemplateSpec { name: "db_url".into(), path: "/etc/sidecar/db_url.j2".into(), from: Some("db".into()) })
+        );
+        assert_eq!(
+            "app.env=t/app.env.j2".parse::<TemplateSpec>(),
+            Ok(TemplateSpec { name: "app.env".into(), path: "t/app.env.j2".into(), from: None })
+        );
+        assert_eq!("../x=a".parse::<TemplateSpec>(), Err(SpecError::BadName("../x".into())));
+        assert_eq!("x=".parse::<TemplateSpec>(), Err(SpecError::EmptyTemplatePath));
+        assert_eq!("x=a?from=../db".parse::<TemplateSpec>(), Err(SpecError::BadTemplateOption("from=../db".into())));
+        assert_eq!("x=a?format=raw".parse::<TemplateSpec>(), Err(SpecError::BadTemplateOption("format=raw".into())));
+    }
+
+    proptest! {
+        /// Any accepted name stays inside the output directory and is neither a dot-file nor a path.
+        #[test]
+        fn accepted_names_are_plain_file_names(name in "\\PC{0,70}") {
+            if valid_name(&name) {
+                prop_assert!(!name.contains('/'));
+                prop_assert!(!name.starts_with('.'));
+                prop_assert!(name != "..");
+                let spec = SecretSpec { name: name.clone(), secret_id: "x".into(), format: Format::Json };
+                let path = std::path::Path::new("/out").join(spec.file_name());
+                prop_assert_eq!(path.parent(), Some(std::path::Path::new("/out")));
+            }
+        }
+
+        /// Parsing a well-formed entry gives back exactly its parts.
+        #[test]
+        fn well_formed_entries_round_trip(
+            name in "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+            id in "[A-Za-z0-9/_+=.@!:-]{1,100}",
+            format in prop::sample::select(vec![None, Some(Format::Json), Some(Format::Raw), Some(Format::Env)]),
+        ) {
+            let entry = match format {
+                Some(f) => format!("{name}={id}?format={}", f.as_str()),
+                None => format!("{name}={id}"),
+            };
+            let spec: SecretSpec = entry.parse().unwrap();
+            prop_assert_eq!(spec.name, name);
+            prop_assert_eq!(spec.secret_id, id);
+            prop_assert_eq!(spec.format, format.unwrap_or(Format::Json));
+        }
+    }
+}
