@@ -1,6 +1,9 @@
-"""README.md's "Deploying on ECS" section stays true to the files it documents: every placeholder is listed,
-the IAM authentication subsection puts the CA bundle where the task definition points the app, and the
-cost table's arithmetic is recomputed here rather than trusted."""
+"""The docs stay true to the files they document and reachable from the README.
+
+docs/ecs.md and docs/rds-iam.md list every placeholder of the deployment files; docs/rds-iam.md's
+"Deploying with IAM authentication" puts the CA bundle where the task definition points the app;
+docs/operations.md's cost table is recomputed here rather than trusted.
+Each rule is a function over the text, so the negative controls can run it on mutated copies."""
 
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ import task_checks as tc
 from deployments import DEPLOYMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "README.md"
+README = ROOT / "README.md"
+ECS_DOC = ROOT / "docs" / "ecs.md"
+IAM_DOC = ROOT / "docs" / "rds-iam.md"
+OPS_DOC = ROOT / "docs" / "operations.md"
+IAM_HEADING = "## Deploying with IAM authentication"
 SECONDS_PER_DAY = 86_400
 DAYS_PER_MONTH = 30
 FLEET = 1_000
@@ -31,7 +38,7 @@ def test_every_placeholder_of_the_files_is_in_the_docs_table_and_has_an_example(
     for files in DEPLOYMENTS.values():
         for name in files:
             used |= placeholders.placeholders_in((ROOT / name).read_text())
-    listed = table_placeholders(DOC.read_text())
+    listed = table_placeholders(ECS_DOC.read_text()) | table_placeholders(IAM_DOC.read_text())
     assert used == listed, f"in the files but not the table: {used - listed}; in the table only: {listed - used}"
     assert used == set(placeholders.EXAMPLE_VALUES)
 
@@ -45,9 +52,9 @@ def section(doc: str, heading: str) -> str:
 
 
 def check_iam_section(doc: str, task_def: dict) -> list[str]:
-    """The subsection copies the CA bundle into the app image at the path the task definition gives the
+    """The section copies the CA bundle into the app image at the path the task definition gives the
     app, shows that path as the hook's ca_file, and names both rds-iam files."""
-    text = section(doc, "### IAM authentication")
+    text = section(doc, IAM_HEADING)
     ca = tc.env_of(tc.container(task_def, tc.APP)).get(tc.CA_FILE_VAR, "<none>")
     problems = []
     if not re.search(rf"^ *(?:COPY|ADD) +(?:--\S+ +)*\S*global-bundle\.pem +{re.escape(ca)}$", text, re.M):
@@ -62,7 +69,7 @@ def check_iam_section(doc: str, task_def: dict) -> list[str]:
 
 def test_iam_section_matches_the_rds_iam_task_definition():
     td = json.loads((ROOT / DEPLOYMENTS["rds-iam"].task_def).read_text())
-    assert check_iam_section(DOC.read_text(), td) == []
+    assert check_iam_section(IAM_DOC.read_text(), td) == []
 
 
 @pytest.mark.parametrize(
@@ -74,9 +81,9 @@ def test_iam_section_matches_the_rds_iam_task_definition():
     ],
 )
 def test_iam_section_check_catches(old, new):
-    doc = DOC.read_text()
+    doc = IAM_DOC.read_text()
     td = json.loads((ROOT / DEPLOYMENTS["rds-iam"].task_def).read_text())
-    assert old in section(doc, "### IAM authentication")
+    assert old in section(doc, IAM_HEADING)
     assert check_iam_section(doc.replace(old, new), td) != []
 
 
@@ -104,7 +111,7 @@ def check_cost_table(doc: str) -> list[str]:
 
 
 def test_cost_table_arithmetic():
-    doc = DOC.read_text()
+    doc = OPS_DOC.read_text()
     assert check_cost_table(doc) == []
     assert "| 60 s (default) | 1,440 | 43,200 | 43,200,000 | $216.00 |" in doc
 
@@ -118,10 +125,19 @@ def test_cost_table_arithmetic():
     ],
 )
 def test_cost_table_check_catches(old, new):
-    doc = DOC.read_text()
+    doc = OPS_DOC.read_text()
     assert old in doc
     assert check_cost_table(doc.replace(old, new)) != []
 
 
+def docs_tree() -> dict[str, str]:
+    """README.md and every docs/*.md, by path relative to the repository, as the checks below take them."""
+    pages = {"README.md": README.read_text()}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        pages[page.relative_to(ROOT).as_posix()] = page.read_text()
+    return pages
+
+
 def test_no_unfilled_measurement_left():
-    assert "RELEASE_SIZE" not in DOC.read_text(), "fill in the release binary's size from make check-release"
+    for path, text in docs_tree().items():
+        assert "RELEASE_SIZE" not in text, f"{path}: fill in the release binary's size from make check-release"
