@@ -1,4 +1,4 @@
-"""`make bench`: the sidecar against its ceiling, a bare axum server serving the same bytes (issue 11).
+"""`make bench`: the sidecar against its ceiling, a bare axum server serving the same bytes.
 
     make bench                 # builds the static release and the ceiling, installs wrk, runs this
     .venv/bin/python bench/bench.py SIDECAR CEILING [--rounds N] [--seconds S] [--secrets 1,20,200]
@@ -206,9 +206,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sidecar")
     p.add_argument("ceiling")
-    # 9, not 5: on the 2-core VM of the README, the median of 5 rounds of the req/s ratio at 64 connections
-    # moved between 0.94x and 1.05x from one full run of the same build to the next, and one round's p99
-    # ratio between 0.3x and 1.4x.
+    # 9, not 5: on a shared 2-core machine the median of 5 rounds moved by several percent from one full
+    # run of the same build to the next, and one round's p99 ratio alone by a factor of four
+    # (docs/benchmarks.md).
     p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 9)))
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 5)), help="per wrk run")
     p.add_argument("--secrets", default=os.environ.get("BENCH_SECRETS", "1,20,200"), help="comma-separated counts")

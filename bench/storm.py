@@ -1,4 +1,4 @@
-"""500 slow local clients against the running sidecar (release build, 1 secret from moto): issue 8.
+"""500 slow local clients against the running sidecar (release build, 1 secret from moto).
 
     make bench-storm                # builds the release binary first
     .venv/bin/python bench/storm.py PATH/TO/secrets-sidecar

@@ -36,7 +36,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 listen=127.0.0.1:$(free_port)
 mkdir -p "$work/secrets"
-# The issue's one-liner; the password is urlencoded, so a `/` or `@` in it cannot break the URL.
+# A DATABASE_URL in one line; the password is urlencoded, so a `/` or `@` in it cannot break the URL.
 template=$work/db_url.j2
 echo 'DATABASE_URL=mysql2://{{ username }}:{{ password | urlencode }}@{{ host }}:{{ port }}/{{ dbname }}' >"$template"
 first='{"username":"app","password":"first-p@ss/word","host":"db.internal","port":3306,"dbname":"app"}'
