@@ -6,7 +6,7 @@
 //! (`src/http.rs`). Against the router alone for the same GET, the fast path saves the router's clone of
 //! a boxed route, its path and query extractors and their allocations, and the boxed response body.
 //!
-//! Each connection's [`Edge`] also counts what it has been asked, for [`mod@crate::serve`]'s idle check: a
+//! Each connection's [`Connection`] also counts what it has been asked, for [`mod@crate::serve`]'s idle check: a
 //! count and a flag, not a timer per request.
 
 use std::convert::Infallible;
@@ -45,18 +45,18 @@ impl Routes {
     }
 
     /// The service of one connection, with activity counters of its own.
-    pub fn connection(&self) -> Edge {
-        Edge { routes: self.clone(), activity: Arc::default() }
+    pub fn connection(&self) -> Connection {
+        Connection { routes: self.clone(), activity: Arc::default() }
     }
 }
 
 /// One connection's service: hyper calls it with each request head it reads.
-pub struct Edge {
+pub struct Connection {
     routes: Routes,
     activity: Arc<Activity>,
 }
 
-impl Edge {
+impl Connection {
     pub(crate) fn activity(&self) -> Arc<Activity> {
         self.activity.clone()
     }
@@ -102,7 +102,7 @@ type Answered = Result<Response<Body>, Infallible>;
 /// A routed answer: boxed, which costs one allocation on the path that is not the fast one.
 type Routed = Pin<Box<dyn Future<Output = Answered> + Send>>;
 
-impl<B> hyper::service::Service<Request<B>> for Edge
+impl<B> hyper::service::Service<Request<B>> for Connection
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,

@@ -11,6 +11,7 @@
 //! instantiated and compiled here (root `Cargo.toml`, beside the profile, says what that measured).
 
 pub mod dispatch;
+mod memory;
 pub mod serve;
 
 pub use dispatch::{Body, FastPath, Routes};

@@ -12,6 +12,8 @@
 //!   head, and re-registering and cancelling a timer per request is a visible part of a GET's cost.
 //! - At most [`MAX_CONNECTIONS`] are open at once. At the cap the sidecar stops accepting: further
 //!   connections wait in the kernel's backlog, costing this process no memory, until a slot frees.
+//! - When the last connection of a burst closes, the memory the burst used is given back to the kernel
+//!   ([`crate::memory`]).
 //! - On shutdown it stops accepting, lets requests in flight finish and closes idle connections; the
 //!   caller bounds the wait with the shutdown grace.
 
@@ -27,6 +29,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Activity, Routes};
+use crate::memory::{self, Occupancy};
 
 /// How long a connection may go without completing a request head: to send its first one, or the next.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +58,7 @@ impl Default for Limits {
 /// Serves `routes` on `listener` until `shutdown` fires, then waits for the open connections to finish.
 pub async fn serve(listener: TcpListener, routes: Routes, limits: Limits, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let occupancy = Arc::new(Occupancy::default());
     let graceful = GracefulShutdown::new();
     // No timer: hyper's header-read timeout stays off (see the module's docs for what replaces it).
     let builder = http1::Builder::new();
@@ -77,37 +81,53 @@ pub async fn serve(listener: TcpListener, routes: Routes, limits: Limits, shutdo
         let _ = stream.set_nodelay(true);
         let (builder, service, watcher, shutdown) =
             (builder.clone(), routes.connection(), graceful.watcher(), shutdown.clone());
-        let idle_timeout = limits.idle_timeout;
+        let (idle_timeout, occupancy) = (limits.idle_timeout, occupancy.clone());
+        occupancy.opened();
         tokio::spawn(async move {
-            // A connection that sends nothing never reaches hyper, whose buffers are allocated on the first
-            // read: it costs a socket and this task until the timeout closes it.
-            // `peek`, not `readable`: tokio reports a fresh socket readable before any byte arrives.
-            let mut first = [0u8; 1];
-            tokio::select! {
-                sent = tokio::time::timeout(idle_timeout, stream.peek(&mut first)) => {
-                    if !matches!(sent, Ok(Ok(1..))) {
-                        return;
-                    }
-                }
-                () = shutdown.cancelled() => return,
-            }
-            let activity = service.activity();
-            // The connection in a task of its own, which polls hyper alone: were the idle check beside it in
-            // one `select!`, its timer would be polled at every wake-up of the connection, once per request.
-            // Until here, this task is a few hundred bytes, not the size of hyper's state.
-            let conn = tokio::spawn(watcher.watch(builder.serve_connection(TokioIo::new(stream), service)));
-            let abort = conn.abort_handle();
-            // Aborting drops the connection, which closes it. Timeouts and clients that vanish end here; not
-            // worth a log line.
-            tokio::select! {
-                _ = conn => {}
-                () = idle(&activity, idle_timeout) => abort.abort(),
-            }
+            serve_one(stream, builder, service, watcher, shutdown, idle_timeout).await;
             drop(slot);
+            if occupancy.closed() {
+                memory::give_back();
+            }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One connection, until it closes or goes idle.
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    builder: http1::Builder,
+    service: crate::dispatch::Connection,
+    watcher: hyper_util::server::graceful::Watcher,
+    shutdown: CancellationToken,
+    idle_timeout: Duration,
+) {
+    // A connection that sends nothing never reaches hyper, whose buffers are allocated on the first
+    // read: it costs a socket and this task until the timeout closes it.
+    // `peek`, not `readable`: tokio reports a fresh socket readable before any byte arrives.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        sent = tokio::time::timeout(idle_timeout, stream.peek(&mut first)) => {
+            if !matches!(sent, Ok(Ok(1..))) {
+                return;
+            }
+        }
+        () = shutdown.cancelled() => return,
+    }
+    let activity = service.activity();
+    // The connection in a task of its own, which polls hyper alone: were the idle check beside it in
+    // one `select!`, its timer would be polled at every wake-up of the connection, once per request.
+    // Until here, this task is a few hundred bytes, not the size of hyper's state.
+    let conn = tokio::spawn(watcher.watch(builder.serve_connection(TokioIo::new(stream), service)));
+    let abort = conn.abort_handle();
+    // Aborting drops the connection, which closes it. Timeouts and clients that vanish end here; not
+    // worth a log line.
+    tokio::select! {
+        _ = conn => {}
+        () = idle(&activity, idle_timeout) => abort.abort(),
+    }
 }
 
 /// Returns once the connection has completed no request head, and had no answer in the making, for

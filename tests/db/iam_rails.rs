@@ -18,8 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::common;
-use crate::iam_server::{self as harness, IAM_DATABASE, IAM_USER, IamMariaDb, IamPostgres, IamServer, REGION};
+use crate::iam_server::{self as iam, IAM_DATABASE, IAM_USER, IamMariaDb, IamPostgres, IamServer, REGION};
 use crate::load::{self, Load, Stack, tail};
 use aws_credential_types::Credentials;
 use secrets_sidecar::source::rds_iam::{Target, presign};
@@ -92,16 +91,16 @@ async fn sidecar_for(
     stack: &Stack,
     adapter: &str,
     server: &dyn IamServer,
-    creds: &harness::IamCredentials,
+    creds: &iam::IamCredentials,
     mode: &str,
-) -> (common::Sidecar, Value, tempfile::TempDir) {
+) -> (harness::Sidecar, Value, tempfile::TempDir) {
     load::require_ruby(adapter, stack);
     let scratch = stack.scratch_dir("sidecar-iam-");
     let ca = scratch.path().join("rds-ca.pem");
     std::fs::copy(server.ca_path(), &ca).unwrap();
     let out = scratch.path().join("secrets");
     let entry = format!("rds-iam://{IAM_USER}@{}:{}?dbname={IAM_DATABASE}", server.host(), server.port());
-    let mut b = common::Sidecar::builder_without_aws()
+    let mut b = harness::Sidecar::builder_without_aws()
         .secret("db", &entry)
         .arg("--rds-iam-renew-interval")
         .arg(RENEW_EVERY)

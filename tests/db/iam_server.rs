@@ -29,7 +29,7 @@
 //! (`sslmode=verify-full`, `--ssl-verify-server-cert`).
 //!
 //! Servers listen on 127.0.0.1 only, in their own temporary directory (the approach of
-//! `tests/common/db.rs`), and stop on `Drop`, which also removes their PAM service file and directory.
+//! `tests/harness/src/db.rs`), and stop on `Drop`, which also removes their PAM service file and directory.
 //!
 //! # The /etc/pam.d caveat
 //!
@@ -65,15 +65,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
 
-use crate::common::db::{
-    as_user, count_lines, free_port, is_root, mariadb_admin, passwd_ids, pg_bin_dir, psql_admin, require, run_sql,
-    run_with_stdin, sql_str, stop, tail,
+use harness::db::{
+    as_user, count_lines, is_root, mariadb_admin, passwd_ids, pg_bin_dir, psql_admin, require, run_sql, run_with_stdin,
+    sql_str, start_on_a_free_port, stop,
 };
 
 /// The database user that logs in with IAM tokens (through PAM only).
@@ -85,7 +85,6 @@ pub const REGION: &str = "us-east-1";
 /// The host the servers listen on, and so the host a token is signed for.
 pub const HOST: &str = "127.0.0.1";
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PAM_DIR: &str = "/etc/pam.d";
 const PAM_PREFIX: &str = "sidecar-iam-";
 
@@ -608,8 +607,8 @@ impl IamMariaDb {
         let data = dir.path().join("data");
         let log = dir.path().join("mariadb.err");
         let socket = dir.path().join("mysqld.sock");
-        let port = free_port();
-        let iam = IamSetup::create(dir.path(), port, None);
+        // The verifier's config names the port, once the server has one.
+        let mut iam = IamSetup::create(dir.path(), 0, None);
 
         let mut install = Command::new(MARIADB_INSTALL_DB);
         install
@@ -629,54 +628,41 @@ impl IamMariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let mut cmd = Command::new(MARIADBD);
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--port={port}"))
-            .arg(format!("--bind-address={HOST}"))
-            .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
-            .arg(format!("--log-error={}", log.display()))
-            .arg("--skip-name-resolve")
-            .arg("--skip-log-bin")
-            .arg("--innodb-buffer-pool-size=32M")
-            .arg("--max-connect-errors=1000000")
-            .arg("--log-warnings=3")
-            // The PAM plugin, taking the password in cleartext (mysql_clear_password), as RDS's IAM plugin.
-            .arg("--plugin-load-add=auth_pam")
-            .arg("--pam-use-cleartext-plugin=ON")
-            .arg(format!("--ssl-ca={}", iam.ca.display()))
-            .arg(format!("--ssl-cert={}", iam.server_cert.display()))
-            .arg(format!("--ssl-key={}", iam.server_key.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if is_root() {
-            cmd.arg("--user=root");
-        }
-        let server = ServerProcess { child: cmd.spawn().expect("spawn mariadbd"), signal: "TERM" };
+        let spawn = |port: u16| {
+            let mut cmd = Command::new(MARIADBD);
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--port={port}"))
+                .arg(format!("--bind-address={HOST}"))
+                .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
+                .arg(format!("--log-error={}", log.display()))
+                .arg("--skip-name-resolve")
+                .arg("--skip-log-bin")
+                .arg("--innodb-buffer-pool-size=32M")
+                .arg("--max-connect-errors=1000000")
+                .arg("--log-warnings=3")
+                // The PAM plugin, taking the password in cleartext (mysql_clear_password), as RDS's IAM plugin.
+                .arg("--plugin-load-add=auth_pam")
+                .arg("--pam-use-cleartext-plugin=ON")
+                .arg(format!("--ssl-ca={}", iam.ca.display()))
+                .arg(format!("--ssl-cert={}", iam.server_cert.display()))
+                .arg(format!("--ssl-key={}", iam.server_key.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if is_root() {
+                cmd.arg("--user=root");
+            }
+            cmd.spawn().expect("spawn mariadbd")
+        };
+        let ready = |_| socket.exists() && run_with_stdin(mariadb_admin(&socket), "SELECT 1;").status.success();
+        let (child, port) = start_on_a_free_port("mariadbd", &log, spawn, ready);
+        iam.write_config(port);
+        let server = ServerProcess { child, signal: "TERM" };
         let db = IamMariaDb { server, iam, port, socket, log, dir };
-        if let Err(e) = db.wait_ready() {
-            panic!("mariadbd did not start: {e}");
-        }
         db.setup();
         db
-    }
-
-    fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if !self.server.running() {
-                return Err(format!("mariadbd exited; log:\n{}", tail(&self.log, 30)));
-            }
-            if self.socket.exists() && run_with_stdin(self.admin_cmd(), "SELECT 1;").status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("mariadbd not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn setup(&self) {
@@ -794,8 +780,8 @@ impl IamPostgres {
         }
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
-        let port = free_port();
-        let iam = IamSetup::create(dir.path(), port, run_as);
+        // The verifier's config names the port, once the server has one.
+        let mut iam = IamSetup::create(dir.path(), 0, run_as);
 
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
@@ -838,53 +824,41 @@ impl IamPostgres {
             std::os::unix::fs::chown(&hba, Some(uid), Some(gid)).expect("chown pg_hba.conf");
         }
 
-        let logf = fs::File::create(&log).expect("create postgres log");
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
-        }
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .arg("-p")
-            .arg(port.to_string())
-            .args(["-c", &format!("listen_addresses={HOST}"), "-c", "fsync=off", "-c", "max_connections=100"])
-            .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", iam.server_cert.display())])
-            .args(["-c", &format!("ssl_key_file={}", iam.server_key.display())])
-            .args(["-c", "log_min_messages=warning"])
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        as_user(&mut cmd, run_as);
-        let server = ServerProcess { child: cmd.spawn().expect("spawn postgres"), signal: "INT" };
+        let spawn = |port: u16| {
+            let logf = fs::File::create(&log).expect("create postgres log");
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
+            }
+            let mut cmd = Command::new(bin.join("postgres"));
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-k")
+                .arg(dir.path())
+                .arg("-p")
+                .arg(port.to_string())
+                .args(["-c", &format!("listen_addresses={HOST}"), "-c", "fsync=off", "-c", "max_connections=100"])
+                .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", iam.server_cert.display())])
+                .args(["-c", &format!("ssl_key_file={}", iam.server_key.display())])
+                .args(["-c", "log_min_messages=warning"])
+                .env("LC_ALL", "C")
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().unwrap())
+                .stderr(logf);
+            as_user(&mut cmd, run_as);
+            cmd.spawn().expect("spawn postgres")
+        };
+        let ready = |port: u16| {
+            dir.path().join(format!(".s.PGSQL.{port}")).exists()
+                && run_with_stdin(psql_admin(dir.path(), port), "SELECT 1;").status.success()
+        };
+        let (child, port) = start_on_a_free_port("postgres", &log, spawn, ready);
+        iam.write_config(port);
+        let server = ServerProcess { child, signal: "INT" };
         let pg = IamPostgres { server, iam, port, log, dir };
-        if let Err(e) = pg.wait_ready() {
-            panic!("postgres did not start: {e}");
-        }
         assert_eq!(pg.sql("SHOW ssl;").trim(), "on", "postgres started without TLS");
         pg.sql(&format!("CREATE ROLE {IAM_USER} LOGIN;"));
         pg.sql(&format!("CREATE DATABASE {IAM_DATABASE} OWNER {IAM_USER};"));
         pg
-    }
-
-    fn wait_ready(&self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if !self.server.running() {
-                return Err(format!("postgres exited; log:\n{}", tail(&self.log, 30)));
-            }
-            if self.dir.path().join(format!(".s.PGSQL.{}", self.port)).exists()
-                && run_with_stdin(self.admin_cmd(), "SELECT 1;").status.success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("postgres not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn admin_cmd(&self) -> Command {
@@ -944,20 +918,12 @@ impl IamServer for IamPostgres {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Small helpers (the approach of tests/common/db.rs)
+// Small helpers (the approach of tests/harness/src/db.rs)
 
 /// A server process, stopped on Drop (`signal`, then SIGKILL after a deadline).
 struct ServerProcess {
     child: Child,
     signal: &'static str,
-}
-
-impl ServerProcess {
-    fn running(&self) -> bool {
-        // try_wait needs &mut; /proc/<pid>/stat tells a zombie from a live process without reaping it.
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        !stat.is_empty() && !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z')
-    }
 }
 
 impl Drop for ServerProcess {

@@ -1,5 +1,5 @@
 //! The sidecar and the Ruby hook against real databases: private MariaDB and PostgreSQL servers
-//! (`tests/common/db.rs`, and the TLS + PAM ones that validate RDS IAM tokens in [`iam_server`]), real
+//! (`tests/harness/src/db.rs`, and the TLS + PAM ones that validate RDS IAM tokens in [`iam_server`]), real
 //! Ruby on both stacks ([`load`]), the real binary and moto.
 //!
 //! One binary, apart from `tests/it`, because these tests each keep both cores busy for tens of seconds
@@ -17,8 +17,6 @@
 //!   of its database password (the hook) and of a boot-time secret (phased restart), with no failed request.
 //! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
 
-#[path = "../common/mod.rs"]
-mod common;
 mod iam_server;
 mod load;
 

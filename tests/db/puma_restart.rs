@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use tokio::time::sleep;
 
 use crate::SERIAL;
-use crate::common::{Moto, Sidecar, create_secret, db, free_port, rotate};
 use crate::load::Stack;
+use harness::{Moto, Relay, Sidecar, create_secret, db, rotate};
 
 const PUMA: &str = "/usr/bin/puma";
 pub(crate) const PHASE_LOG: &str = "- Starting phased worker restart, phase: ";
@@ -47,7 +47,9 @@ run ->(env) { [200, { "content-type" => "text/plain" }, ["#{FINGERPRINT} #{Proce
 /// counted failed requests (`IncompleteMessage`, fresh and keep-alive connections alike) out of
 /// 10,000–20,000 per run: 1 to 5 in each of 6 runs on 5.6.5, 0 to 2 in 3 runs on 6.6.0. Without the
 /// reactor a worker's thread reads each accepted connection's request and answers it before leaving.
-fn puma_rb(dir: &Path, port: u16, control_port: u16, token_file: &Path) -> String {
+///
+/// Both listeners bind port 0: Puma logs the ports it got, and the harness reads them there.
+fn puma_rb(dir: &Path, token_file: &Path) -> String {
     format!(
         r#"
 directory "{dir}"
@@ -56,8 +58,8 @@ environment "production"
 workers 2
 preload_app! false
 threads 2, 4
-bind "tcp://127.0.0.1:{port}"
-activate_control_app "tcp://127.0.0.1:{control_port}", {{ auth_token: File.read("{token}").strip }}
+bind "tcp://127.0.0.1:0"
+activate_control_app "tcp://127.0.0.1:0", {{ auth_token: File.read("{token}").strip }}
 pidfile "{dir}/puma.pid"
 worker_check_interval 1
 worker_shutdown_timeout 5
@@ -67,6 +69,26 @@ queue_requests false
         dir = dir.display(),
         token = token_file.display()
     )
+}
+
+/// The ports Puma got for the app and the control app, from its log (`* Listening on http://…:PORT`,
+/// `* Starting control server on http://…:PORT`): 5.6 and 6.6 both log the bound ports.
+fn listening(log: &Path) -> (u16, u16) {
+    let port_of = |text: &str, marker: &str| {
+        let line = text.lines().find(|l| l.contains(marker))?;
+        line.rsplit(':').next()?.trim().parse::<u16>().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let (Some(app), Some(control)) =
+            (port_of(&text, "Listening on http://127.0.0.1:"), port_of(&text, "Starting control server on http://"))
+        {
+            return (app, control);
+        }
+        assert!(Instant::now() < deadline, "Puma did not say where it listens; its log:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub(crate) fn fingerprint(value: &str) -> String {
@@ -120,15 +142,18 @@ pub(crate) struct Puma {
     log: PathBuf,
     pub(crate) port: u16,
     control_port: u16,
+    /// The port the sidecar's action was given, relayed to the control app.
+    _control: Relay,
     pub(crate) token: String,
 }
 
 impl Puma {
-    /// Starts Puma on `stack` on `port` with its control app on `control_port`, reading its token from
-    /// `token_file`. Every path is inside `dir`, a scratch directory of the stack.
-    fn start(stack: &Stack, dir: &Path, env_file: &Path, ports: (u16, u16), token_file: &Path) -> Puma {
+    /// Starts Puma on `stack` with its control app, reading its token from `token_file`, and points
+    /// `control` (the port the sidecar's action was given) at the control app. Every path is inside `dir`,
+    /// a scratch directory of the stack.
+    fn start(stack: &Stack, dir: &Path, env_file: &Path, control: Relay, token_file: &Path) -> Puma {
         let env = [("APP_ENV_FILE", stack.inner_path(env_file).display().to_string())];
-        Puma::start_app(stack, dir, CONFIG_RU, &env, ports, token_file)
+        Puma::start_app(stack, dir, CONFIG_RU, &env, control, token_file)
     }
 
     /// [`Puma::start`] with another Rack app (`config_ru`) and environment (`env`, paths as the stack sees
@@ -138,13 +163,13 @@ impl Puma {
         dir: &Path,
         config_ru: &str,
         env: &[(&str, String)],
-        (port, control_port): (u16, u16),
+        control: Relay,
         token_file: &Path,
     ) -> Puma {
         let token = std::fs::read_to_string(token_file).unwrap().trim().to_owned();
         let inner = |p: &Path| stack.inner_path(p);
         std::fs::write(dir.join("config.ru"), config_ru).unwrap();
-        std::fs::write(dir.join("puma.rb"), puma_rb(&inner(dir), port, control_port, &inner(token_file))).unwrap();
+        std::fs::write(dir.join("puma.rb"), puma_rb(&inner(dir), &inner(token_file))).unwrap();
         let log = dir.join("puma.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = puma_command(stack)
@@ -157,7 +182,9 @@ impl Puma {
             .stderr(out)
             .spawn()
             .expect("spawn puma");
-        Puma { child, log, port, control_port, token }
+        let (port, control_port) = listening(&log);
+        control.point_at(Some(control_port));
+        Puma { child, log, port, control_port, _control: control, token }
     }
 
     pub(crate) fn log_text(&self) -> String {
@@ -311,20 +338,20 @@ async fn setup(
     // shared volume, or a secret of its own).
     let token_file = dir.path().join("control.token");
     std::fs::write(&token_file, format!("{}\n", db::random_password())).unwrap();
-    let ports = (free_port(), free_port());
+    let control = Relay::start(None).await;
     let mut builder =
         Sidecar::builder(&moto).secret("app", "prod/app?format=env").dir(&out).arg("--min-refresh-gap").arg("0s");
     if action {
         builder = builder.arg("--on-change").arg(format!(
             "app=http GET http://127.0.0.1:{}/phased-restart token-file={} debounce=1s timeout=5s",
-            ports.1,
+            control.port,
             token_file.display()
         ));
     }
     let sidecar = builder.spawn().await;
     // The app boots after the sidecar is ready (ECS: dependsOn HEALTHY), so the file is there.
     sidecar.wait_ready().await;
-    let puma = Puma::start(stack, dir.path(), &out.join("app.env"), ports, &token_file);
+    let puma = Puma::start(stack, dir.path(), &out.join("app.env"), control, &token_file);
     puma.wait_phase(0, Duration::from_secs(60)).await;
     (moto, sm, sidecar, puma, dir, first)
 }

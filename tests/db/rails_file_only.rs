@@ -2,7 +2,7 @@
 //! sidecar's endpoint (`secrets_sidecar:` with `file` only): when the password changes in the database and
 //! the credentials file follows a moment later, a busy Debian ActiveRecord 6.1 app (mysql2, pg) sees zero
 //! failed queries and zero failed connections — the hook re-reads the file with backoff after a failed
-//! login. Real MariaDB/PostgreSQL (`tests/common/db.rs`), real Ruby (`tests/db/load.rb`), a file
+//! login. Real MariaDB/PostgreSQL (`tests/harness/src/db.rs`), real Ruby (`tests/db/load.rb`), a file
 //! replaced by rename as the sidecar does. The full path with the sidecar and moto is
 //! `tests/db/rails_rotation.rs`.
 
@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::SERIAL;
-use crate::common::db;
 use crate::load;
+use harness::db;
 
 /// Writes like the sidecar: temp file in the same directory, then rename over the target.
 fn publish(path: &Path, password: &str) {

@@ -2,7 +2,7 @@
 //! its database password (the ActiveRecord hook) and a boot-time secret (a `format=env` file read at boot,
 //! and the sidecar's `--on-change` action asking Puma for a phased restart).
 //!
-//! Real parts only: a private MariaDB (`tests/common/db.rs`); moto holding the database secret
+//! Real parts only: a private MariaDB (`tests/harness/src/db.rs`); moto holding the database secret
 //! (`rds!cluster-e2e`, published as `db.json`) and `prod/app` (`SECRET_KEY_BASE`, published as `app.env`);
 //! the real sidecar with `--on-change 'app=http GET …/phased-restart …'` (the action watches `app` only);
 //! Debian's Puma in cluster mode (the config of `tests/db/puma_restart.rs`: 2 workers, no preload, control
@@ -33,10 +33,10 @@ use serde_json::{Value, json};
 use tokio::time::sleep;
 
 use crate::SERIAL;
-use crate::common::{db, free_port, rotate as rotate_value};
 use crate::load::{self, Stack, epoch_now, repo};
 use crate::puma_restart::{self, LoadLoop, Puma, fingerprint};
 use crate::rails_rotation::{self, MAX_FILE_DELAY, MIN_ROTATION_SPACING, RotatingDb, Rotation, Style};
+use harness::{Relay, db, rotate as rotate_value};
 
 const APP_SECRET_ID: &str = "prod/app";
 
@@ -134,7 +134,7 @@ async fn run(r: Run) -> Outcome {
     let mut passwords = vec![initial.clone()];
     let boot_values = [db::random_password(), db::random_password(), db::random_password()];
 
-    let ports = (free_port(), free_port());
+    let control = Relay::start(None).await;
     let app_secret = puma_restart::secret(&boot_values[0]);
     let side = rails_rotation::start_sidecar_with(&r.stack, &initial, &[(APP_SECRET_ID, &app_secret)], |b, scratch| {
         // The control app's token, shared by Puma's config and the action.
@@ -142,7 +142,7 @@ async fn run(r: Run) -> Outcome {
         std::fs::write(&token_file, format!("{}\n", db::random_password())).unwrap();
         b.secret("app", &format!("{APP_SECRET_ID}?format=env")).arg("--on-change").arg(format!(
             "app=http GET http://127.0.0.1:{}/phased-restart token-file={} debounce=1s timeout=5s",
-            ports.1,
+            control.port,
             token_file.display()
         ))
     })
@@ -170,7 +170,7 @@ async fn run(r: Run) -> Outcome {
         dir,
         &config_ru,
         &[("APP_CONFIG", inner(&app_config))],
-        ports,
+        control,
         &dir.join("control.token"),
     );
     assert_every_worker_answers(&puma, 0, &boot_values[0]).await;

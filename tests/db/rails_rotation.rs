@@ -4,7 +4,7 @@
 //! the project proves (Debian 12: Ruby 3.1 + ActiveRecord 6.1; Debian 13 in a chroot: Ruby 3.3 +
 //! ActiveRecord 7.2, see `tests/db/load.rs`), on real parts only:
 //!
-//! * a private MariaDB / PostgreSQL server (`tests/common/db.rs`), real password auth;
+//! * a private MariaDB / PostgreSQL server (`tests/harness/src/db.rs`), real password auth;
 //! * moto's Secrets Manager holding `rds!cluster-e2e` = `{"username":"app","password":…}`;
 //! * the real `secrets-sidecar` binary with `--refresh-interval 30s` — deliberately long, so rotation
 //!   awareness (`--rotation-poll-interval`, default 2 s) and `POST …/refresh` do the work, not polling;
@@ -39,11 +39,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::SERIAL;
-use crate::common::{
+use crate::load::{self, Load, LoadResult, Stack, epoch_now, tail};
+use harness::{
     self,
     db::{self, MariaDb, Postgres},
 };
-use crate::load::{self, Load, LoadResult, Stack, epoch_now, tail};
 use serde_json::{Value, json};
 
 pub(crate) const SECRET_ID: &str = "rds!cluster-e2e";
@@ -171,7 +171,7 @@ pub(crate) async fn rotate(
     let pw = db::random_password();
     passwords.push(pw.clone());
     // createSecret
-    let version = common::rotate_pending(sm, SECRET_ID, &secret_value(&pw)).await;
+    let version = harness::rotate_pending(sm, SECRET_ID, &secret_value(&pw)).await;
     // setSecret
     let set_at = epoch_now();
     {
@@ -186,7 +186,7 @@ pub(crate) async fn rotate(
         tokio::time::sleep(Duration::from_millis(1300)).await;
     }
     // finishSecret
-    common::finish_rotation(sm, SECRET_ID, &version).await;
+    harness::finish_rotation(sm, SECRET_ID, &version).await;
     if !wait_for_file {
         // The negative control: nobody asks the sidecar to refresh, so it sees the move on its 30 s
         // interval; the failures it is about have happened by now.
@@ -230,9 +230,9 @@ struct Outcome {
 /// README recommends (file, url, token_file), with paths as the Ruby process sees them.
 pub(crate) struct SidecarSide {
     // Kept running for as long as the scenario runs.
-    _moto: common::Moto,
+    _moto: harness::Moto,
     pub(crate) sm: aws_sdk_secretsmanager::Client,
-    pub(crate) sidecar: common::Sidecar,
+    pub(crate) sidecar: harness::Sidecar,
     pub(crate) out_dir: PathBuf,
     pub(crate) settings: Value,
     pub(crate) scratch: tempfile::TempDir,
@@ -248,17 +248,17 @@ pub(crate) async fn start_sidecar_with(
     stack: &Stack,
     password: &str,
     more_secrets: &[(&str, &str)],
-    more: impl FnOnce(common::SidecarBuilder, &Path) -> common::SidecarBuilder,
+    more: impl FnOnce(harness::SidecarBuilder, &Path) -> harness::SidecarBuilder,
 ) -> SidecarSide {
-    let moto = common::Moto::start().await;
+    let moto = harness::Moto::start().await;
     let sm = moto.client().await;
-    common::create_secret(&sm, SECRET_ID, &secret_value(password)).await;
+    harness::create_secret(&sm, SECRET_ID, &secret_value(password)).await;
     for (id, value) in more_secrets {
-        common::create_secret(&sm, id, value).await;
+        harness::create_secret(&sm, id, value).await;
     }
     let scratch = stack.scratch_dir("sidecar-e2e-");
     let out_dir = scratch.path().join("secrets");
-    let builder = common::Sidecar::builder(&moto)
+    let builder = harness::Sidecar::builder(&moto)
         .secret(SECRET_NAME, SECRET_ID)
         .arg("--refresh-interval")
         .arg("30s")

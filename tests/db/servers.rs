@@ -1,7 +1,7 @@
-//! The private database servers of `tests/common/db.rs` behave like the real thing the rotation tests
+//! The private database servers of `tests/harness/src/db.rs` behave like the real thing the rotation tests
 //! rely on: real password authentication, and a password change that takes effect for new logins only.
 
-use crate::common::db;
+use harness::db;
 
 #[test]
 fn mariadb_password_change_rejects_old_password_for_new_logins() {

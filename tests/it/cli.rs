@@ -5,13 +5,13 @@
 use std::process::Output;
 
 async fn sidecar(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = crate::common::sidecar_command();
+    let mut cmd = harness::sidecar_command();
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     // An endpoint nobody listens on: were any of these to call AWS, it would fail differently and slowly.
-    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{}", crate::common::free_port()));
+    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{}", harness::CLOSED_PORT));
     cmd.kill_on_drop(true).output().await.unwrap()
 }
 
@@ -108,8 +108,7 @@ async fn version_prints_the_crate_version() {
 
 #[tokio::test]
 async fn healthcheck_exits_1_when_nothing_listens_and_0_when_healthy() {
-    let port = crate::common::free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", harness::CLOSED_PORT);
     let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &listen)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("healthcheck"), "{}", stderr(&out));
@@ -118,7 +117,7 @@ async fn healthcheck_exits_1_when_nothing_listens_and_0_when_healthy() {
     let dev = dir.path().join("dev.json");
     std::fs::write(&dev, r#"{"db": {"password": "x"}}"#).unwrap();
     let sidecar_proc =
-        crate::common::Sidecar::builder_without_aws().arg("--dev-secrets").arg(dev.to_str().unwrap()).spawn().await;
+        harness::Sidecar::builder_without_aws().arg("--dev-secrets").arg(dev.to_str().unwrap()).spawn().await;
     sidecar_proc.wait_ready().await;
     let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &sidecar_proc.listen.to_string())]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -134,7 +133,8 @@ async fn a_missing_output_directory_fails_at_start_with_exit_1() {
             "--output-dir",
             "/nonexistent/secrets",
             "--listen",
-            &format!("127.0.0.1:{}", crate::common::free_port()),
+            // The port is never bound: it fails before it listens.
+            "127.0.0.1:0",
         ],
         &[],
     )
@@ -159,8 +159,7 @@ async fn an_unwritable_output_directory_exits_1_at_start_whatever_the_token_sett
     };
     let dir = dir.to_str().unwrap();
     for token in [&["--token", "t0ken-of-16-chars"][..], &["--no-token"][..], &[][..]] {
-        let listen = format!("127.0.0.1:{}", crate::common::free_port());
-        let mut args = vec!["run", "--secret", "db=x", "--output-dir", dir, "--listen", &listen];
+        let mut args = vec!["run", "--secret", "db=x", "--output-dir", dir, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(token);
         let out = tokio::time::timeout(std::time::Duration::from_secs(10), sidecar(&args, &[]))
             .await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::{Moto, Sidecar, create_secret, rotate, rotate_pending};
+use harness::{Moto, Sidecar, create_secret, rotate, rotate_pending};
 use serde_json::{Value, json};
 
 fn creds(password: &str) -> String {
@@ -43,7 +43,7 @@ async fn start_publishes_file_with_mode_and_serves_the_same_body() {
 
     let not_modified = reqwest::Client::new()
         .get(sidecar.url("/v1/secrets/db"))
-        .header(crate::common::TOKEN_HEADER, sidecar.token())
+        .header(harness::TOKEN_HEADER, sidecar.token())
         .header("If-None-Match", format!("\"{version}\""))
         .send()
         .await
@@ -302,14 +302,14 @@ async fn token_and_proxy_rules() {
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body, json!({"error": "missing or wrong X-Secrets-Sidecar-Token"}));
 
-    let wrong = http.get(&url).header(crate::common::TOKEN_HEADER, "0".repeat(64)).send().await.unwrap();
+    let wrong = http.get(&url).header(harness::TOKEN_HEADER, "0".repeat(64)).send().await.unwrap();
     assert_eq!(wrong.status(), 401);
-    let prefix = http.get(&url).header(crate::common::TOKEN_HEADER, &sidecar.token()[..32]).send().await.unwrap();
+    let prefix = http.get(&url).header(harness::TOKEN_HEADER, &sidecar.token()[..32]).send().await.unwrap();
     assert_eq!(prefix.status(), 401, "a prefix of the token is not the token");
 
     let proxied = http
         .get(&url)
-        .header(crate::common::TOKEN_HEADER, sidecar.token())
+        .header(harness::TOKEN_HEADER, sidecar.token())
         .header("X-Forwarded-For", "10.0.0.1")
         .send()
         .await
@@ -318,7 +318,7 @@ async fn token_and_proxy_rules() {
     assert!(!proxied.text().await.unwrap().contains("\"password\""));
 
     assert_eq!(http.get(sidecar.url("/healthz")).send().await.unwrap().status(), 200, "healthz needs no token");
-    assert_eq!(http.get(&url).header(crate::common::TOKEN_HEADER, sidecar.token()).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(&url).header(harness::TOKEN_HEADER, sidecar.token()).send().await.unwrap().status(), 200);
     assert_eq!(http.post(sidecar.url("/v1/secrets/db/refresh")).send().await.unwrap().status(), 401);
 }
 
@@ -332,14 +332,8 @@ async fn a_given_token_is_required_and_not_written_to_disk() {
     assert!(sidecar.read_file(".token").is_none());
     let http = reqwest::Client::new();
     let url = sidecar.url("/v1/secrets/db");
-    assert_eq!(
-        http.get(&url).header(crate::common::TOKEN_HEADER, "given-token-1234").send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        http.get(&url).header(crate::common::TOKEN_HEADER, "given-token-1235").send().await.unwrap().status(),
-        401
-    );
+    assert_eq!(http.get(&url).header(harness::TOKEN_HEADER, "given-token-1234").send().await.unwrap().status(), 200);
+    assert_eq!(http.get(&url).header(harness::TOKEN_HEADER, "given-token-1235").send().await.unwrap().status(), 401);
     assert!(!sidecar.log_text().contains("given-token-1234"));
 }
 
@@ -446,7 +440,7 @@ async fn a_rotation_in_progress_serves_pending_until_finish_and_never_writes_it(
     }
 
     // finishSecret: fast rotation polling (not the 1 h interval) brings the new value within seconds.
-    crate::common::finish_rotation(&sm, "rds!cluster-x", &pending).await;
+    harness::finish_rotation(&sm, "rds!cluster-x", &pending).await;
     sidecar
         .wait_for("finishSecret to reach the file", Duration::from_secs(5), async || {
             sidecar.read_file("db.json").as_deref() == Some(creds("pending").as_str())

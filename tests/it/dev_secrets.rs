@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::Sidecar;
+use harness::Sidecar;
 
 /// Replaces the file by rename, as editors and `mv` do.
 fn edit(path: &std::path::Path, text: &str) {

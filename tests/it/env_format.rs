@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use secrets_sidecar::dotenv::{quoting, render};
 use serde_json::{Map, Value};
 
-use crate::common::{ContentReader, Moto, Sidecar, create_secret, rotate, venv_python};
+use harness::{ContentReader, Moto, Sidecar, create_secret, rotate, venv_python};
 
 /// The three parsers the quoting is proven against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

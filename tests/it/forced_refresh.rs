@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Moto, Sidecar, SlowProxy, create_secret, rotate};
+use harness::{Moto, Sidecar, SlowProxy, create_secret, rotate};
 
 /// Issue 8: the check ran inside the request's future, so a client hanging up cancelled it — at best the
 /// rotation waited for the next interval, at worst the file was renamed and the store never updated.
@@ -29,7 +29,7 @@ async fn a_forced_refresh_whose_client_hangs_up_mid_check_still_publishes_file_a
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let hung_up = impatient
         .post(sidecar.url("/v1/secrets/db/refresh"))
-        .header(crate::common::TOKEN_HEADER, sidecar.token())
+        .header(harness::TOKEN_HEADER, sidecar.token())
         .send()
         .await;
     assert!(hung_up.is_err_and(|e| e.is_timeout()), "the client gave up before the answer");
@@ -68,7 +68,7 @@ async fn concurrent_forced_refreshes_share_one_check_and_its_answer() {
             tokio::spawn(async move {
                 // Staggered, so most arrive while the first one's check is waiting on the emulator.
                 tokio::time::sleep(Duration::from_millis(50 * i)).await;
-                let r = reqwest::Client::new().post(url).header(crate::common::TOKEN_HEADER, token).send().await;
+                let r = reqwest::Client::new().post(url).header(harness::TOKEN_HEADER, token).send().await;
                 r.unwrap().json::<serde_json::Value>().await.unwrap()
             })
         })

@@ -1,6 +1,6 @@
 //! The sidecar through its real binary, against moto's Secrets Manager or a dev file: one integration
-//! test binary, so every module shares one harness (`tests/common`: the emulator, the sidecar process,
-//! `free_port`, log helpers) and the binary is linked once.
+//! test binary over the shared harness (`tests/harness`: the emulator, the sidecar process, log helpers),
+//! linked once.
 //!
 //! - [`cli`]: the command line as an operator meets it, and start-up failures.
 //! - [`daemon`]: what a task sees from start to SIGTERM.
@@ -15,10 +15,6 @@
 //! - [`iam_token`]: the crate's RDS IAM tokens against botocore's, the reference signer.
 //!
 //! The tests with real databases and Ruby are the other binary, `tests/db`.
-
-// The harness both test binaries share (this one and `tests/db`).
-#[path = "../common/mod.rs"]
-mod common;
 
 mod cli;
 mod daemon;

@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use serde_json::json;
 use tokio::time::sleep;
 
-use crate::common::{Moto, Sidecar, create_secret, rotate};
+use harness::{Moto, Sidecar, create_secret, rotate};
 
 fn value(v: &str) -> String {
     json!({"SECRET_KEY_BASE": v}).to_string()

@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::common::Sidecar;
+use harness::Sidecar;
 
 const ENTRY: &str =
     "rds-iam://app_user@db.cluster-c9akciq32.eu-west-1.rds.amazonaws.com:5432?region=eu-west-1&dbname=app";
 
-fn with_credentials(b: crate::common::SidecarBuilder) -> crate::common::SidecarBuilder {
+fn with_credentials(b: harness::SidecarBuilder) -> harness::SidecarBuilder {
     b.env("AWS_ACCESS_KEY_ID", "ASIAEXAMPLEEXAMPLE01")
         .env("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
         .env("AWS_SESSION_TOKEN", "IQoJb3JpZ2luX2VjEXAMPLE")

@@ -14,7 +14,7 @@ use secrets_sidecar::secret::SecretValue;
 use secrets_sidecar::template::Template;
 use serde_json::Value;
 
-use crate::common::{ContentReader, Moto, Sidecar, create_secret, free_port, rotate, sidecar_command, venv_python};
+use harness::{CLOSED_PORT, ContentReader, Moto, Sidecar, create_secret, rotate, sidecar_command, venv_python};
 
 /// The one-liner, with `?from=db`.
 const DATABASE_URL: &str =
@@ -223,7 +223,7 @@ async fn run_with(args: &[String]) -> (Option<i32>, String, String) {
     let mut cmd = sidecar_command();
     cmd.args(["run", "--no-token", "--output-dir", "/nonexistent-never-used"]);
     cmd.args(args);
-    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{}", free_port()));
+    cmd.env("AWS_ENDPOINT_URL_SECRETS_MANAGER", format!("http://127.0.0.1:{CLOSED_PORT}"));
     let out = tokio::time::timeout(Duration::from_secs(20), cmd.kill_on_drop(true).output()).await.unwrap().unwrap();
     (
         out.status.code(),
@@ -266,7 +266,7 @@ async fn a_syntax_error_or_an_unknown_variable_exits_2_naming_the_template() {
     let out = tempfile::tempdir().unwrap();
     let mut cmd = sidecar_command();
     cmd.args(["run", "--no-token", "--dev-secrets"]).arg(&dev).arg("--output-dir").arg(out.path());
-    cmd.arg(t("app.env", &unknown)).arg("--listen").arg(format!("127.0.0.1:{}", free_port()));
+    cmd.arg(t("app.env", &unknown)).arg("--listen").arg("127.0.0.1:0");
     let o = tokio::time::timeout(Duration::from_secs(20), cmd.kill_on_drop(true).output()).await.unwrap().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");

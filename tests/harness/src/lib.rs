@@ -1,16 +1,18 @@
-//! Shared harness for the integration tests: moto's Secrets Manager server and the real sidecar binary,
-//! each started privately on 127.0.0.1 on a free port.
+//! What the integration tests share: moto's Secrets Manager server, the real sidecar binary and private
+//! database servers ([`db`]), each started privately on 127.0.0.1.
+//!
+//! No server is handed a port someone else might take first: moto and the sidecar bind port 0 and the
+//! harness reads the port they got from their own output; servers that cannot bind port 0 (MariaDB,
+//! PostgreSQL) are started again on another port when theirs was taken ([`db`]).
 //!
 //! The emulator comes from the pinned `moto[server]` in `.venv` (installed by `make test`); `MOTO_SERVER`
 //! may name another binary. A missing emulator fails the test with instructions — it never skips.
-#![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
@@ -22,18 +24,52 @@ pub mod db;
 
 pub const REGION: &str = "us-east-1";
 pub const TOKEN_HEADER: &str = "X-Secrets-Sidecar-Token";
+/// A port nothing in the tests listens on (a privileged one no test binds): a connection to it is
+/// refused, for a sidecar that must fail before it calls anything.
+pub const CLOSED_PORT: u16 = 1;
 
-/// A port that was free a moment ago. Bind-then-release races only with other tests picking the same
-/// port in the same instant, which the kernel's ephemeral allocation makes unlikely.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Polls `log` until a line containing `marker` appears and returns that line, or `None` once `child`
+/// has exited or `timeout` has passed.
+async fn line_of(log: &Path, marker: &str, child: &mut Child, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+            return Some(line.to_owned());
+        }
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            return None;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The port in `http://127.0.0.1:PORT`, `listen=127.0.0.1:PORT` or `"listen":"127.0.0.1:PORT"`.
+fn port_after(line: &str, prefix: &str) -> Option<u16> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+}
+
+/// The repository's root: this crate lives in `tests/harness`.
+pub fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The sidecar's binary that cargo built for the test binary running now: beside its `deps/` directory
+/// (`target/debug/deps/it-…` → `target/debug/secrets-sidecar`). Cargo builds a package's binaries before
+/// its integration tests run.
+pub fn sidecar_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/").join("secrets-sidecar");
+    assert!(bin.exists(), "{} not found: run the tests with cargo test", bin.display());
+    bin
 }
 
 fn moto_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MOTO_SERVER") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server")
+    repository().join(".venv/bin/moto_server")
 }
 
 /// The Python of the pinned test venv: the one beside the emulator (python-dotenv is pinned with moto in
@@ -49,15 +85,23 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
-/// moto's server, on 127.0.0.1.
+/// moto's server, behind a front door the harness owns: sidecars are given the front's port, which
+/// stays bound for the life of the `Moto`, so the emulator can be stopped (connections to the front are
+/// then cut at once, an outage) and started again, on whatever port it gets, without a sidecar noticing
+/// more than the outage.
 pub struct Moto {
+    /// The front's port: what [`Moto::endpoint`] names.
     pub port: u16,
+    front: Relay,
     child: Option<Child>,
+    dir: tempfile::TempDir,
 }
 
 impl Moto {
     pub async fn start() -> Moto {
-        let mut moto = Moto { port: free_port(), child: None };
+        let front = Relay::start(None).await;
+        let dir = tempfile::Builder::new().prefix("sidecar-moto-").tempdir().unwrap();
+        let mut moto = Moto { port: front.port, front, child: None, dir };
         moto.restart().await;
         moto
     }
@@ -66,7 +110,7 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts the server on the same port. moto keeps state in memory, so a restart starts empty.
+    /// (Re)starts the server behind the front. moto keeps state in memory, so a restart starts empty.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "moto is already running");
         let bin = moto_binary();
@@ -76,27 +120,33 @@ impl Moto {
              or set MOTO_SERVER",
             bin.display()
         );
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        // Its log (one line per request, on stderr) goes to a file: nobody has to drain a pipe.
+        let log = self.dir.path().join(format!("moto-{}.log", std::process::id()));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let running = line_of(&log, "Running on http://127.0.0.1:", &mut child, Duration::from_secs(30)).await;
+        let port = running.and_then(|l| port_after(&l, "http://127.0.0.1:")).unwrap_or_else(|| {
+            panic!("moto did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+        });
         self.child = Some(child);
+        let url = format!("http://127.0.0.1:{port}/moto-api/");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("{}/moto-api/", self.endpoint());
-        loop {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "moto did not start on port {}", self.port);
-            sleep(Duration::from_millis(100)).await;
+        while !reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "moto on port {port} does not answer");
+            sleep(Duration::from_millis(50)).await;
         }
+        self.front.point_at(Some(port));
     }
 
-    /// Stops the server: connections to its port are refused until [`Moto::restart`].
+    /// Stops the server: connections to its endpoint are cut until [`Moto::restart`].
     pub async fn stop(&mut self) {
+        self.front.point_at(None);
         if let Some(mut child) = self.child.take() {
             child.kill().await.unwrap();
         }
@@ -114,25 +164,31 @@ impl Moto {
     }
 }
 
-/// A TCP proxy in front of the emulator that can hold back every chunk of its answers: the way to make
-/// a check slow without changing the emulator.
-pub struct SlowProxy {
+/// A TCP relay on a port of its own (bound to port 0, held until dropped) to a target port that may
+/// change or be absent (then every connection is closed at once), holding back each chunk of the
+/// answers by a delay that can be set at any time. What a test hands a client before the server behind
+/// it exists, or has its port.
+pub struct Relay {
     pub port: u16,
+    target: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl SlowProxy {
-    pub async fn start(target: &Moto) -> SlowProxy {
+impl Relay {
+    pub async fn start(target: Option<u16>) -> Relay {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let delay_ms = Arc::new(AtomicU64::new(0));
-        let (delay, target) = (delay_ms.clone(), target.port);
+        let (target_port, delay_ms) = (Arc::new(AtomicU16::new(target.unwrap_or(0))), Arc::new(AtomicU64::new(0)));
+        let (target, delay) = (target_port.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let delay = delay.clone();
+                let (target, delay) = (target.load(Ordering::Relaxed), delay.clone());
                 tokio::spawn(async move {
+                    if target == 0 {
+                        return;
+                    }
                     let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
                     let ((mut cr, mut cw), (mut sr, mut sw)) = (client.into_split(), server.into_split());
                     let up = tokio::io::copy(&mut cr, &mut sw);
@@ -150,7 +206,32 @@ impl SlowProxy {
                 });
             }
         });
-        SlowProxy { port, delay_ms, task }
+        Relay { port, target: target_port, delay_ms, task }
+    }
+
+    /// New connections go to `target` from now on; `None` cuts them.
+    pub fn point_at(&self, target: Option<u16>) {
+        self.target.store(target.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A relay in front of the emulator that can hold back every chunk of its answers: the way to make a
+/// check slow without changing the emulator.
+pub struct SlowProxy {
+    pub port: u16,
+    relay: Relay,
+}
+
+impl SlowProxy {
+    pub async fn start(target: &Moto) -> SlowProxy {
+        let relay = Relay::start(Some(target.port)).await;
+        SlowProxy { port: relay.port, relay }
     }
 
     pub fn endpoint(&self) -> String {
@@ -159,13 +240,7 @@ impl SlowProxy {
 
     /// Holds back each chunk of every answer from now on by `delay`.
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-impl Drop for SlowProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.relay.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -276,13 +351,12 @@ impl SidecarBuilder {
         let dir = self.dir.clone().unwrap_or_else(|| tmp.path().join("out"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = tmp.path().join("sidecar.log");
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = sidecar_command();
         cmd.arg("run")
             .arg("--output-dir")
             .arg(&dir)
             .arg("--listen")
-            .arg(listen.to_string())
+            .arg("127.0.0.1:0")
             .arg("--log-format")
             .arg(self.log_format);
         match (&self.endpoint, self.endpoint_via_env) {
@@ -302,7 +376,13 @@ impl SidecarBuilder {
         }
         let out = std::fs::File::create(&log).unwrap();
         cmd.stdout(out.try_clone().unwrap()).stderr(out).kill_on_drop(true);
-        let child = cmd.spawn().expect("spawning the sidecar");
+        let mut child = cmd.spawn().expect("spawning the sidecar");
+        // The kernel picked the port; the start line names it. A sidecar that exits first (the tests that
+        // start one expect that) has no address.
+        let started = line_of(&log, "secrets-sidecar started", &mut child, Duration::from_secs(30)).await;
+        let port = started
+            .and_then(|l| port_after(&l, "listen=127.0.0.1:").or_else(|| port_after(&l, r#""listen":"127.0.0.1:"#)));
+        let listen = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)));
         Sidecar { child: Some(child), dir, listen, log, _tmp: tmp }
     }
 }
@@ -310,7 +390,7 @@ impl SidecarBuilder {
 /// The sidecar binary with a clean environment: no SIDECAR_* or AWS_* from the machine, dummy
 /// credentials, a region, IMDS off, and a debug log.
 pub fn sidecar_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secrets-sidecar"));
+    let mut cmd = Command::new(sidecar_binary());
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
         if k.starts_with("SIDECAR_") || k.starts_with("AWS_") || k == "RUST_LOG" {
@@ -329,6 +409,7 @@ pub fn sidecar_command() -> Command {
 pub struct Sidecar {
     child: Option<Child>,
     dir: PathBuf,
+    /// Where it listens, as its start line says (port 0 when it exited before starting).
     pub listen: SocketAddr,
     log: PathBuf,
     _tmp: tempfile::TempDir,

@@ -13,7 +13,6 @@
 //!
 //! The Debian packages are a hard requirement: a missing one fails the test with a message naming it
 //! (`scripts/install-test-deps.sh` installs them), it never skips.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::Write;
@@ -57,9 +56,41 @@ pub fn require(bins: &[(&str, &str)]) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the server binds it moments later).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+/// Starts a server that must be told its port — MariaDB and PostgreSQL cannot bind port 0 and say which
+/// one they got — on a port that was free a moment ago, and again on another one when the server finds
+/// it taken (by another test's server or connection, in the moment between), so that no test fails for a
+/// port. `spawn(port)` starts it, logging to `log`; `ready(port)` says whether it accepts work yet.
+pub fn start_on_a_free_port(
+    what: &str,
+    log: &Path,
+    mut spawn: impl FnMut(u16) -> Child,
+    mut ready: impl FnMut(u16) -> bool,
+) -> (Child, u16) {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port();
+        let _ = fs::remove_file(log);
+        let mut child = spawn(port);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = tail(log, 30);
+                if log.contains("already in use") && attempt < ATTEMPTS {
+                    break;
+                }
+                panic!("{what} exited with {status}; log:\n{log}");
+            }
+            if ready(port) {
+                return (child, port);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what} not ready after {START_TIMEOUT:?}; log:\n{}", tail(log, 30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    unreachable!("the last attempt returns or panics")
 }
 
 /// Effective uid 0 (from /proc/self's owner: no libc or unsafe needed).
@@ -210,59 +241,38 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        // free_port() releases the port before mariadbd binds it; a collision is rare and shows up as a
-        // start failure with the server's log.
-        let port = free_port();
-        let mut cmd = Command::new(MARIADBD);
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--port={port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
-            .arg(format!("--log-error={}", log.display()))
-            .arg("--skip-name-resolve")
-            .arg("--skip-log-bin")
-            .arg("--innodb-buffer-pool-size=32M")
-            .arg("--max-connections=500")
-            // A rotation test opens thousands of connections and fails some logins on purpose; keep the
-            // server from blocking the host after repeated failures.
-            .arg("--max-connect-errors=1000000")
-            // 3 and up log every refused login ("Access denied for user …") to the error log: the
-            // rotation tests count on the server side what the app must never cause.
-            .arg("--log-warnings=3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if is_root() {
-            cmd.arg("--user=root");
-        }
-        let child = cmd.spawn().expect("spawn mariadbd");
-        let mut db = MariaDb { child, port, socket, log, app_password: random_password(), dir };
-        if let Err(e) = db.wait_ready() {
-            panic!("mariadbd did not start: {e}");
-        }
+        let spawn = |port: u16| {
+            let mut cmd = Command::new(MARIADBD);
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--port={port}"))
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
+                .arg(format!("--log-error={}", log.display()))
+                .arg("--skip-name-resolve")
+                .arg("--skip-log-bin")
+                .arg("--innodb-buffer-pool-size=32M")
+                .arg("--max-connections=500")
+                // A rotation test opens thousands of connections and fails some logins on purpose; keep the
+                // server from blocking the host after repeated failures.
+                .arg("--max-connect-errors=1000000")
+                // 3 and up log every refused login ("Access denied for user …") to the error log: the
+                // rotation tests count on the server side what the app must never cause.
+                .arg("--log-warnings=3")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if is_root() {
+                cmd.arg("--user=root");
+            }
+            cmd.spawn().expect("spawn mariadbd")
+        };
+        let ready = |_| socket.exists() && run_with_stdin(mariadb_admin(&socket), "SELECT 1;").status.success();
+        let (child, port) = start_on_a_free_port("mariadbd", &log, spawn, ready);
+        let db = MariaDb { child, port, socket, log, app_password: random_password(), dir };
         db.setup();
         db
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("mariadbd exited with {status}; log:\n{}", tail(&self.log, 30)));
-            }
-            if self.socket.exists() {
-                let out = run_with_stdin(self.admin_cmd(), "SELECT 1;");
-                if out.status.success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("mariadbd not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn setup(&self) {
@@ -430,52 +440,36 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let port = free_port();
-        let logf = fs::File::create(&log).expect("create postgres log");
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
-        }
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .arg("-p")
-            .arg(port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"])
-            .args(["-c", "password_encryption=scram-sha-256", "-c", "log_min_messages=warning"])
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        as_user(&mut cmd, run_as);
-        let child = cmd.spawn().expect("spawn postgres");
-        let mut pg = Postgres { child, port, bin, log, app_password: random_password(), dir };
-        if let Err(e) = pg.wait_ready() {
-            panic!("postgres did not start: {e}");
-        }
+        let spawn = |port: u16| {
+            let logf = fs::File::create(&log).expect("create postgres log");
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
+            }
+            let mut cmd = Command::new(bin.join("postgres"));
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-k")
+                .arg(dir.path())
+                .arg("-p")
+                .arg(port.to_string())
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"])
+                .args(["-c", "password_encryption=scram-sha-256", "-c", "log_min_messages=warning"])
+                .env("LC_ALL", "C")
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone().unwrap())
+                .stderr(logf);
+            as_user(&mut cmd, run_as);
+            cmd.spawn().expect("spawn postgres")
+        };
+        let ready = |port: u16| {
+            dir.path().join(format!(".s.PGSQL.{port}")).exists()
+                && run_with_stdin(psql_admin(dir.path(), port), "SELECT 1;").status.success()
+        };
+        let (child, port) = start_on_a_free_port("postgres", &log, spawn, ready);
+        let pg = Postgres { child, port, bin, log, app_password: random_password(), dir };
         pg.sql(&format!("CREATE ROLE {APP_USER} LOGIN PASSWORD {};", sql_str(&pg.app_password)));
         pg.sql(&format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_USER};"));
         pg
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("postgres exited with {status}; log:\n{}", tail(&self.log, 30)));
-            }
-            if self.dir.path().join(format!(".s.PGSQL.{}", self.port)).exists() {
-                let out = run_with_stdin(self.admin_cmd(), "SELECT 1;");
-                if out.status.success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("postgres not ready after {START_TIMEOUT:?}; log:\n{}", tail(&self.log, 30)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn admin_cmd(&self) -> Command {
