@@ -7,19 +7,19 @@
 //! each module uses only modules on the floors below it, never one beside or above it.
 //!
 //! ```text
-//!  6  main, lib (run)          parse, wire, run
-//!  5  config                   the command line, validated into a Config
-//!  4  poller  tokens           one task per entry: a secret's checks, a token's signings
-//!     template  actions        renders and on-change actions, woken by change counters
-//!     http  health             the loopback face, the meaning of healthy
-//!  3  task                     the loop every checking task runs, and the services a run shares
-//!  2  publish                  atomic files, and the one publish step: file → store → counter
-//!     source  schedule         Secrets Manager, a dev file, the RDS IAM signer; when to check next
-//!     refresh  metrics         the registry of task channels; counters every part may bump
-//!  1  store  changes           what HTTP reads: entries, versions, readiness; change counters
-//!  0  entry  secret  dotenv    leaves: what an entry is, redacting value types, dotenv quoting,
-//!     backoff  percent         backoff and jitter, percent-encoding, shutdown signals
-//!     shutdown
+//!  6  main  lib (run)                parse, wire, run
+//!  5  config                         the command line, validated into a Config
+//!  4  poller  tokens                 one task per entry: a secret's checks, a token's signings
+//!     template  actions              renders and on-change actions, woken by change counters
+//!     http                           the loopback face
+//!  3  task                           the loop every checking task runs; the services a run shares
+//!  2  publish                        the one publish step: file → store entry → change counter
+//!     metrics  health                counters every part may bump; what healthy means
+//!  1  store                          what HTTP reads: entries, versions, readiness
+//!     source  schedule               Secrets Manager, a dev file, the RDS IAM signer; when to check next
+//!  0  entry  secret  dotenv          leaves: what an entry is, redacting value types, dotenv quoting,
+//!     changes  refresh               change counters, the registry of task channels,
+//!     backoff  percent  shutdown     backoff and jitter, percent-encoding, shutdown signals
 //! ```
 //!
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].

@@ -23,17 +23,15 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{self, SignableBody, SignableRequest, SignatureLocation, SigningSettings};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 
+use crate::percent::UNRESERVED;
 use crate::secret::SecretString;
 
 /// How long RDS accepts a token after it was signed (`X-Amz-Expires=900`).
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 const SERVICE: &str = "rds-db";
 const ACTION: &str = "connect";
-/// RFC 3986 unreserved characters stay as they are; everything else is %XX — botocore's
-/// `percent_encode` (`quote(safe='-_.~')`), so a user name with a space becomes `%20`, never `+`.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// The database login a token is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +102,7 @@ pub fn presign(target: &Target, credentials: &Credentials, now: SystemTime) -> R
         .map_err(|e| sign_error(e.to_string()))?;
 
     // The query is encoded the way botocore encodes it, and the same string is what gets signed.
-    let mut query = format!("Action={ACTION}&DBUser={}", utf8_percent_encode(&target.user, QUERY_VALUE));
+    let mut query = format!("Action={ACTION}&DBUser={}", utf8_percent_encode(&target.user, UNRESERVED));
     let url = format!("https://{}:{}/?{query}", target.host, target.port);
     let request = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::empty())
         .map_err(|e| sign_error(e.to_string()))?;
@@ -113,7 +111,7 @@ pub fn presign(target: &Target, credentials: &Credentials, now: SystemTime) -> R
     let (_headers, signed_params) = instructions.into_parts();
 
     for (name, value) in &signed_params {
-        query.push_str(&format!("&{name}={}", utf8_percent_encode(value, QUERY_VALUE)));
+        query.push_str(&format!("&{name}={}", utf8_percent_encode(value, UNRESERVED)));
     }
     let token = format!("{}:{}/?{query}", target.host, target.port);
 

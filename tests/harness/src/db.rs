@@ -214,7 +214,7 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
-    /// Initialises a data directory, starts `mariadbd` on 127.0.0.1:<free port>, creates `app`.
+    /// Initialises a data directory, starts `mariadbd` on 127.0.0.1 (a free port), creates `app`.
     /// Blocking (a second or two); call it before starting async work or via `spawn_blocking`.
     pub fn start() -> MariaDb {
         require(&[(MARIADBD, "mariadb-server"), (MARIADB_INSTALL_DB, "mariadb-server"), (MARIADB, "mariadb-client")]);
