@@ -16,7 +16,7 @@ IMAGE ?= secrets-sidecar:$(VERSION)
 # The bare axum server `make bench` compares the sidecar with (bench/ceiling).
 CEILING := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/ceiling
 
-.PHONY: demo demo-dev test lint fmt release image ceiling check-release deps bench bench-deps bench-smoke bench-publish bench-storm
+.PHONY: demo demo-dev test lint fmt release image ceiling deps bench bench-deps bench-smoke bench-publish bench-storm
 
 ## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
 # Falls back to the dev-file demo where Python's venv (for the emulator) is missing.
@@ -51,10 +51,6 @@ fmt:
 release:
 	RUSTFLAGS='$(RELEASE_RUSTFLAGS)' $(CARGO) build --locked --release --target $(TARGET)
 	@echo "$(BIN)"
-
-## check-release: what CI can check of the image without a Docker engine.
-check-release: release
-	scripts/check-release.sh "$(BIN)"
 
 ## image: the image from the Dockerfile, offline: its `prebuilt` stage takes the binary `make release` built.
 # The engine is checked first, so a machine without one fails in a second rather than after the build.

@@ -124,4 +124,4 @@ def test_cost_table_check_catches(old, new):
 
 
 def test_no_unfilled_measurement_left():
-    assert "RELEASE_SIZE" not in DOC.read_text(), "fill in the release binary's size from make check-release"
+    assert "RELEASE_SIZE" not in DOC.read_text(), "fill in the image's size from the image test (tests/image)"
