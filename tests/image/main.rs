@@ -25,8 +25,10 @@ use common::aws_proxy::AwsProxy;
 use common::credentials::{CredentialsEndpoint, Lifetime, refuse_expired_keys};
 use common::{Moto, TOKEN_HEADER, create_secret, free_port, rotate};
 
-/// The image's size budget: the binary (7.6 MiB when this was written) and the CA bundle (~0.2 MiB).
-const IMAGE_BUDGET: u64 = 8 * 1024 * 1024;
+/// The binary's size budget (docs/benchmarks.md; 7.58 MiB when this was written).
+const BINARY_BUDGET: u64 = 8 * 1024 * 1024;
+/// The image's: the binary's budget, the CA bundle (~0.2 MiB) and the image's own bookkeeping.
+const IMAGE_BUDGET: u64 = BINARY_BUDGET + 256 * 1024;
 /// Where EKS Pod Identity mounts the token whose content is the credentials request's `Authorization`.
 const TOKEN_FILE_IN_CONTAINER: &str = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token";
 /// Short enough that the container sees its credentials replaced; see tests/it/credentials.rs for why
