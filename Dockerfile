@@ -1,5 +1,5 @@
 # secrets-sidecar image: a static binary on `scratch`, run as uid 65532.
-# Build from source (both architectures; docs/container-image.md):
+# Build from source (both architectures; docs/ecs.md, "Build and push the image"):
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <SIDECAR_IMAGE_URI> --push .
 # Build without a registry, around the binary `make release` built on this machine: `make image`.
 # No `# syntax=` line: BuildKit would fetch that frontend from a registry, and its built-in one reads

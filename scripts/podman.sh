@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # podman with the settings the project's targets and tests need, set here instead of in the machine's
-# files (docs/container-image.md, "Machine settings"):
+# files (docs/ecs.md, "Machine settings"):
 #  - CONTAINERS_CONF=scripts/containers.conf: no default ulimits, which a sandboxed machine may not raise;
 #  - the runc runtime wherever runc is installed: crun, podman's other runtime, refuses hosts whose cgroups
 #    are in hybrid mode ("cgroups in hybrid mode not supported"); runc runs there and everywhere else.
