@@ -185,6 +185,14 @@ impl Counts {
     pub fn total(&self) -> usize {
         self.succeeded + self.failed + self.refused
     }
+
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            o if o.is_success() => self.succeeded += 1,
+            Outcome::Refused(_) => self.refused += 1,
+            _ => self.failed += 1,
+        }
+    }
 }
 
 struct Shared {
@@ -256,20 +264,17 @@ impl AwsProxy {
         self.counts_by(|s| s.region.clone())
     }
 
-    /// All requests together.
+    /// All requests together, with or without a readable scope.
     pub fn counts(&self) -> Counts {
-        self.counts_by(|_| String::new()).remove("").unwrap_or_default()
+        let mut c = Counts::default();
+        self.shared.log.lock().unwrap().iter().for_each(|e| c.add(&e.outcome));
+        c
     }
 
     fn counts_by(&self, key: impl Fn(&CredentialScope) -> String) -> BTreeMap<String, Counts> {
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
         for e in self.shared.log.lock().unwrap().iter() {
-            let c = out.entry(e.request.scope.as_ref().map(&key).unwrap_or_else(|| "-".into())).or_default();
-            match &e.outcome {
-                o if o.is_success() => c.succeeded += 1,
-                Outcome::Refused(_) => c.refused += 1,
-                _ => c.failed += 1,
-            }
+            out.entry(e.request.scope.as_ref().map(&key).unwrap_or_else(|| "-".into())).or_default().add(&e.outcome);
         }
         out
     }

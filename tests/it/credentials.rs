@@ -258,4 +258,12 @@ async fn the_endpoint_wants_the_token_and_the_proxy_refuses_keys_nobody_issued()
     assert_eq!(err.message(), Some("The security token included in the request is invalid."));
     assert_eq!(proxy.counts_by_key()["test"].refused, 1);
     assert_eq!(proxy.counts_by_region()[crate::common::REGION].refused, 1);
+    // An unsigned request has no key at all: refused too, and counted apart.
+    let unsigned = http.post(proxy.endpoint()).send().await.unwrap();
+    assert_eq!(unsigned.status(), 400);
+    assert_eq!(unsigned.headers()["x-amzn-ErrorType"], "UnrecognizedClientException");
+    let body: serde_json::Value = unsigned.json().await.unwrap();
+    assert_eq!(body["__type"], "com.amazon.coral.service#UnrecognizedClientException");
+    assert_eq!(proxy.counts_by_key()["-"].refused, 1);
+    assert_eq!(proxy.counts().refused, 2);
 }
