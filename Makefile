@@ -10,10 +10,13 @@ TARGET ?= $(shell uname -m)-unknown-linux-gnu
 # falls back to /dev/urandom; naming the backend makes the binary use the syscall and need no /dev.
 RELEASE_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 BIN := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/secrets-sidecar
+# `make image`'s tag: IMAGE=name:tag overrides it.
+VERSION := $(shell sed -n '/^\[package\]/,/^\[/ s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n1)
+IMAGE ?= secrets-sidecar:$(VERSION)
 # The bare axum server `make bench` compares the sidecar with (bench/ceiling).
 CEILING := $(or $(CARGO_TARGET_DIR),target)/$(TARGET)/release/ceiling
 
-.PHONY: demo demo-dev test lint fmt release ceiling check-release deps bench bench-deps bench-smoke bench-publish bench-storm
+.PHONY: demo demo-dev test lint fmt release image ceiling deps bench bench-deps bench-smoke bench-publish bench-storm
 
 ## demo: a local demo on a fresh machine (emulator, secret, sidecar, rotation).
 # Falls back to the dev-file demo where Python's venv (for the emulator) is missing.
@@ -51,9 +54,12 @@ release:
 	RUSTFLAGS='$(RELEASE_RUSTFLAGS)' $(CARGO) build --locked --release --target $(TARGET)
 	@echo "$(BIN)"
 
-## check-release: what CI can check of the image without a Docker engine.
-check-release: release
-	scripts/check-release.sh "$(BIN)"
+## image: the image from the Dockerfile, offline: its `prebuilt` stage takes the binary `make release` built.
+# The engine is checked first, so a machine without one fails in a second rather than after the build.
+image:
+	scripts/image.sh --check
+	$(MAKE) --no-print-directory release
+	scripts/image.sh "$(BIN)" "$(IMAGE)"
 
 ## ceiling: the bare axum server of `make bench`, built exactly as `make release` builds the sidecar.
 ceiling:

@@ -3,6 +3,7 @@
 #  - the pinned Python tools (moto's Secrets Manager emulator, ...) in ./.venv;
 #  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord, Ruby's dotenv
 #    for the format=env round trips, Puma + Rack for the phased-restart proof of --on-change);
+#  - podman and runc, which build the image from the Dockerfile (`make image`) and run it in the image tests;
 #  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord 7.2), a debootstrap root cached outside the
 #    clone (scripts/trixie-root.sh).
 # Idempotent: a second run only checks.
@@ -13,8 +14,9 @@ cd "$(dirname "$0")/.."
 emulator_only=false
 [[ ${1:-} == --emulator-only || ${1:-} == --bench ]] && emulator_only=true
 
-# wrk: scripts/test.sh runs one short round of `make bench`.
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk)
+# wrk: scripts/test.sh runs one short round of `make bench`. podman + runc (not crun: scripts/podman.sh) +
+# ca-certificates (the bundle `make image` puts into the image): the image tests.
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk podman runc ca-certificates)
 
 missing=()
 if [[ ${1:-} == --bench ]]; then

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
@@ -112,6 +113,11 @@ where
     match &err {
         SdkError::TimeoutError(_) => return FetchError::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => return FetchError::Timeout,
+        // The SDK loads credentials inside the request's dispatch, so a credentials failure arrives as a
+        // dispatch failure too; told apart, because nothing was sent and the fix is somewhere else.
+        SdkError::DispatchFailure(_) if let Some(cause) = credentials_error(&err) => {
+            return FetchError::NoCredentials(messages(cause));
+        }
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             return FetchError::Network(DisplayErrorContext(&err).to_string());
         }
@@ -131,6 +137,30 @@ where
         "DecryptionFailure" => FetchError::Decryption,
         _ => FetchError::Service { message: err.message().unwrap_or("no message").to_owned(), code },
     }
+}
+
+/// The credentials provider's error somewhere in `err`'s sources.
+fn credentials_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a CredentialsError> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<CredentialsError>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The messages of `err` and its sources, joined with ": ", like anyhow's `{:#}` (no `Debug` dump).
+fn messages(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -175,6 +205,30 @@ mod tests {
             assert_eq!(err, FetchError::InvalidCredentials { code: code.into() });
             assert!(err.is_transient(), "{code}");
         }
+    }
+
+    /// Without credentials (the task role's endpoint down) nothing reaches Secrets Manager: reported as
+    /// such, in plain words, not as an unreachable Secrets Manager with a `Debug` dump of the SDK's error.
+    #[test]
+    fn credentials_that_cannot_be_loaded_are_not_a_network_error() {
+        use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err: SdkError<DescribeSecretError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::other(CredentialsError::provider_error(cause).into(), None));
+        let got = classify(Operation::DescribeSecret, err);
+        assert_eq!(
+            got,
+            FetchError::NoCredentials("an error occurred while loading credentials: connection refused".into())
+        );
+        assert_eq!(
+            got.to_string(),
+            "could not load AWS credentials, no request sent: an error occurred while loading credentials: connection refused"
+        );
+
+        let io = ConnectorError::io(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into());
+        let err: SdkError<DescribeSecretError, HttpResponse> = SdkError::dispatch_failure(io);
+        assert!(matches!(classify(Operation::DescribeSecret, err), FetchError::Network(_)));
     }
 
     #[tokio::test]

@@ -98,6 +98,10 @@ pub enum FetchError {
     /// nothing about the policy, so it never changes how a secret is checked.
     #[error("credentials refused by Secrets Manager ({code}): invalid or expired keys, or being refreshed")]
     InvalidCredentials { code: String },
+    /// The SDK could not get credentials at all — the task role's credentials endpoint down or refusing,
+    /// or nothing configured — so no request reached Secrets Manager.
+    #[error("could not load AWS credentials, no request sent: {0}")]
+    NoCredentials(String),
     #[error("throttled by Secrets Manager")]
     Throttled,
     #[error("request timed out")]
@@ -119,13 +123,15 @@ pub enum FetchError {
 impl FetchError {
     /// Transient errors are retried with backoff; the others wait for the next interval, since retrying a
     /// denied or missing secret every second only burns API calls ([`crate::schedule`] decides).
-    /// Refused credentials count as transient: the usual cause is a credential refresh in progress.
+    /// Refused credentials count as transient: the usual cause is a credential refresh in progress; so do
+    /// credentials that cannot be loaded: the endpoint that serves them comes back on its own.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             FetchError::Throttled
                 | FetchError::Timeout
                 | FetchError::Network(_)
+                | FetchError::NoCredentials(_)
                 | FetchError::InvalidCredentials { .. }
         ) || matches!(self, FetchError::Service { code, .. } if code == "InternalServiceError")
     }
@@ -201,6 +207,7 @@ mod tests {
         assert!(FetchError::Timeout.is_transient());
         assert!(FetchError::Throttled.is_transient());
         assert!(FetchError::Network("x".into()).is_transient());
+        assert!(FetchError::NoCredentials("x".into()).is_transient());
         assert!(!FetchError::NotFound.is_transient());
         assert!(!FetchError::AccessDenied { operation: Operation::GetSecretValue }.is_transient());
         assert!(FetchError::InvalidCredentials { code: "ExpiredTokenException".into() }.is_transient());

@@ -1,5 +1,6 @@
 """Fixtures shared by the deployment tests: the repository's files, freshly loaded per test so a
-test may mutate its copy (the negative controls do).
+test may mutate its copy (the negative controls do), and the configuration of the image built from the
+Dockerfile (`make image`; scripts/test.sh names it in $SIDECAR_IMAGE).
 
 `task_def` and `policy` are those of one deployment (deployments.py); every test that uses them runs
 once per deployment. A test that is about one kind only pins it with
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-import dockerfile
 from deployments import DEPLOYMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,27 +35,32 @@ def policy(deployment) -> dict:
     return json.loads((ROOT / DEPLOYMENTS[deployment].policy).read_text())
 
 
-@pytest.fixture
-def dockerfile_text() -> str:
-    return (ROOT / "Dockerfile").read_text()
+@pytest.fixture(scope="session")
+def image_config() -> dict:
+    """`podman image inspect` of $SIDECAR_IMAGE: what a container started from the image gets. Unset is a
+    failure, never a skip: the task definition is checked against the image users run."""
+    image = os.environ.get("SIDECAR_IMAGE")
+    if not image:
+        pytest.fail(
+            "SIDECAR_IMAGE is not set: build the image with `make image IMAGE=secrets-sidecar:test` and set "
+            "SIDECAR_IMAGE=secrets-sidecar:test (scripts/test.sh does both)",
+            pytrace=False,
+        )
+    proc = subprocess.run([str(ROOT / "scripts" / "podman.sh"), "image", "inspect", image], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"podman image inspect {image} failed: {proc.stderr.strip()}", pytrace=False)
+    return json.loads(proc.stdout)[0]
 
 
 @pytest.fixture
-def runtime_stage(dockerfile_text) -> dockerfile.Stage:
-    return dockerfile.parse(dockerfile_text)[-1]
-
-
-@pytest.fixture
-def image_env(runtime_stage) -> dict[str, str]:
+def image_env(image_config) -> dict[str, str]:
     """The ENV the image gives every container started from it (ECS adds the task's on top)."""
-    return runtime_stage.env()
+    return dict(e.split("=", 1) for e in image_config["Config"]["Env"])
 
 
 @pytest.fixture
-def entrypoint(runtime_stage) -> str:
-    ep = runtime_stage.all("ENTRYPOINT")[-1].exec_form()
-    assert ep, "Dockerfile ENTRYPOINT must be in exec form"
-    return ep[0]
+def entrypoint(image_config) -> str:
+    return image_config["Config"]["Entrypoint"][0]
 
 
 @pytest.fixture

@@ -1,9 +1,5 @@
-"""A small Dockerfile reader: enough to check the Dockerfile without a Docker engine.
-
-Our machines and CI have no engine (issue 3), so the image is never built here. What can drift
-silently is checked from the text instead: the builder runs the same `make release` as CI, the
-runtime stage has what the task definition relies on (/secrets owned by the sidecar's uid, the
-binary at the path the health check names, exec forms, the env default for the output dir).
+"""A small Dockerfile reader, for the one stage no test can build: `source`, whose base image only a
+registry provides (test_dockerfile.py). Everything else about the image is checked on the image itself.
 """
 
 from __future__ import annotations
@@ -18,22 +14,6 @@ class Instruction:
     keyword: str  # upper-case: FROM, RUN, COPY, ...
     args: str  # the rest of the (continuation-joined) line
 
-    def exec_form(self) -> list[str] | None:
-        """The JSON array of an exec-form CMD/ENTRYPOINT/RUN/HEALTHCHECK CMD, else None."""
-        text = self.args
-        if self.keyword == "HEALTHCHECK":
-            _, text = split_flags(text)
-            if not text.startswith("CMD"):
-                return None
-            text = text[3:].strip()
-        if not text.startswith("["):
-            return None
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
-
 
 @dataclass
 class Stage:
@@ -43,18 +23,6 @@ class Stage:
 
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
-
-    def env(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for i in self.all("ENV"):
-            words = shlex.split(i.args)
-            if words and "=" not in words[0]:  # legacy `ENV KEY value`
-                out[words[0]] = " ".join(words[1:])
-                continue
-            for w in words:
-                k, _, v = w.partition("=")
-                out[k] = v
-        return out
 
 
 def split_flags(args: str) -> tuple[dict[str, str], str]:
@@ -110,3 +78,16 @@ def parse(text: str) -> list[Stage]:
         else:
             stages[-1].instructions.append(Instruction(keyword, args))
     return stages
+
+
+def global_args(text: str) -> dict[str, str]:
+    """The `ARG NAME=default` lines before the first FROM (the ones a FROM line can use)."""
+    out = {}
+    for line in logical_lines(text):
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        if keyword.upper() == "ARG":
+            name, _, default = args.strip().partition("=")
+            out[name] = default
+    return out

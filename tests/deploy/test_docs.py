@@ -145,7 +145,7 @@ def docs_tree() -> dict[str, str]:
 
 def test_no_unfilled_measurement_left():
     for path, text in docs_tree().items():
-        assert "RELEASE_SIZE" not in text, f"{path}: fill in the release binary's size from make check-release"
+        assert "RELEASE_SIZE" not in text, f"{path}: fill in the image's size from the image test (tests/image)"
 
 
 FENCE = re.compile(r"^ *(```|~~~)")

@@ -203,6 +203,14 @@ def test_healthcheck_is_the_binarys_healthcheck_subcommand_within_ecs_limits(tas
     assert tc.check_healthcheck(task_def, entrypoint) == []
 
 
+def test_healthcheck_and_user_are_those_of_the_image(task_def, image_config):
+    """The task definition's health check is the image's HEALTHCHECK, which tests/image runs green and red,
+    and its uid owns the image's /secrets (tests/image lists it)."""
+    side = tc.container(task_def, tc.SIDECAR)
+    assert side["healthCheck"]["command"] == image_config["Healthcheck"]["Test"]
+    assert side["user"].partition(":")[0] == image_config["Config"]["User"].partition(":")[0] == str(tc.SIDECAR_UID)
+
+
 def test_app_env_names_the_file_url_and_token_the_sidecar_produces(task_def, image_env):
     assert tc.check_app_points_at_sidecar(task_def, image_env) == []
 

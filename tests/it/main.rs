@@ -3,6 +3,8 @@
 //! linked once.
 //!
 //! - [`cli`]: the command line as an operator meets it, and start-up failures.
+//! - [`credentials`]: task-role credentials from the container credentials endpoint, expiring every few
+//!   seconds, behind a proxy that refuses expired keys as AWS does.
 //! - [`daemon`]: what a task sees from start to SIGTERM.
 //! - [`dev_secrets`]: `--dev-secrets`, local development without AWS.
 //! - [`env_format`]: `format=env` files read back by sh, Ruby's and Python's dotenv; rotations, rejections.
@@ -17,6 +19,7 @@
 //! The tests with real databases and Ruby are the other binary, `tests/db`.
 
 mod cli;
+mod credentials;
 mod daemon;
 mod dev_secrets;
 mod env_format;

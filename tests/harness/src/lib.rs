@@ -20,6 +20,8 @@ use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
+pub mod aws_proxy;
+pub mod credentials;
 pub mod db;
 
 pub const REGION: &str = "us-east-1";
