@@ -16,19 +16,26 @@
 //! - [`rails_puma`]: both together — a Rails-style app under Puma (both stacks) keeps working across rotations
 //!   of its database password (the hook) and of a boot-time secret (phased restart), with no failed request.
 //! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
+//! - [`iam_tls`]: an IAM token never reaches a server whose certificate is for another name or from another
+//!   CA, on both stacks and every adapter, counted on the servers.
+//! - [`stale_logins`]: mysql2 `reconnect: true` and PostgreSQL 6.1's statement pool across the hook's
+//!   reconnects, counted on the servers (refused logins, `pg_prepared_statements`).
 
 #[path = "../common/mod.rs"]
 mod common;
 mod iam_server;
 mod load;
+mod steps;
 
 mod iam_rails;
 mod iam_servers;
+mod iam_tls;
 mod puma_restart;
 mod rails_file_only;
 mod rails_puma;
 mod rails_rotation;
 mod servers;
+mod stale_logins;
 
 /// One busy end-to-end test at a time on a two-core machine.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
