@@ -49,7 +49,7 @@ db_config = {
   port: cfg.fetch("port"),
   database: cfg.fetch("database"),
   pool: cfg.fetch("pool", 5),
-  checkout_timeout: 10,
+  checkout_timeout: cfg.fetch("checkout_timeout", 10),
   reaping_frequency: nil,
 }
 # Anything else the app's database.yml would say (TLS options, …).
@@ -264,20 +264,28 @@ if mode == "steps"
 end
 
 if mode == "budget"
-  # What the app sees when the credentials never work: one query on a new pool connection.
-  t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-  error = nil
-  begin
-    pool.with_connection { |c| c.select_value("SELECT 1") }
-  rescue StandardError => e
-    error = e
+  # What the app sees when the credentials never work: one query on a new pool connection. With
+  # "waiters": N (and a pool of 1), N more threads ask the pool for a connection 0.2 s later, while the
+  # first one's connect is failing: what a request queued behind it sees, and when.
+  attempt = lambda do
+    t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    begin
+      pool.with_connection { |c| c.select_value("SELECT 1") }
+      [nil, Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0]
+    rescue StandardError => e
+      [e, Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0]
+    end
   end
-  seconds = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+  first = Thread.new(&attempt)
+  waiters = Array.new(cfg.fetch("waiters", 0)) { sleep 0.2 if cfg["waiters"]; Thread.new(&attempt) }
+  error, seconds = first.value
+  waited = waiters.map(&:value).map { |e, t| { error_class: e&.class&.name, seconds: t.round(3) } }
   puts JSON.generate(event: "ready", at: Time.now.to_f)
   puts JSON.generate({ event: "summary", mode: mode, adapter: adapter, without: without }.merge(versions(adapter)).merge(
     seconds: seconds.round(3),
     error_class: error&.class&.name,
     error_message: error&.message.to_s[0, 300],
+    waiters: waited,
     driver_logins: STATS["driver_logins"],
     driver_login_failures: STATS["driver_login_failures"],
     stale_logins: STATS["stale_logins"],
