@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs that cargo does not fetch itself:
 #  - the pinned Python tools (moto's Secrets Manager emulator, ...) in ./.venv;
-#  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord, Ruby's dotenv
-#    for the format=env round trips, Puma + Rack for the phased-restart proof of --on-change);
-#  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord 7.2), a debootstrap root cached outside the
+#  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord, Railties for
+#    the Rails app that boots the secrets_sidecar gem, Ruby's dotenv for the format=env round trips, Puma +
+#    Rack for the phased-restart proof of --on-change);
+#  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord and Railties 7.2), a debootstrap root cached outside the
 #    clone (scripts/trixie-root.sh).
 # Idempotent: a second run only checks.
 # --emulator-only: just the Python venv (what `make demo` needs).
@@ -14,7 +15,7 @@ emulator_only=false
 [[ ${1:-} == --emulator-only || ${1:-} == --bench ]] && emulator_only=true
 
 # wrk: scripts/test.sh runs one short round of `make bench`.
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk)
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-railties ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk)
 
 missing=()
 if [[ ${1:-} == --bench ]]; then

@@ -16,6 +16,7 @@
 //! - [`rails_puma`]: both together — a Rails-style app under Puma (both stacks) keeps working across rotations
 //!   of its database password (the hook) and of a boot-time secret (phased restart), with no failed request.
 //! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
+//! - [`rails_gem`]: the gem built, installed into a scratch GEM_HOME and booted in a Rails app on both stacks.
 //! - [`slow_sidecar`]: the failure budget holds with a sidecar that answers every request after 2.9 s.
 //! - [`iam_tls`]: an IAM token never reaches a server whose certificate is for another name or from another
 //!   CA, on both stacks and every adapter, counted on the servers.
@@ -33,6 +34,7 @@ mod iam_servers;
 mod iam_tls;
 mod puma_restart;
 mod rails_file_only;
+mod rails_gem;
 mod rails_puma;
 mod rails_rotation;
 mod servers;
