@@ -1,7 +1,7 @@
 """The deployments the repository ships: a task definition and the task-role policy it needs.
 
 `secrets-manager` publishes the RDS-managed secret; `rds-iam` publishes an RDS IAM auth token the
-sidecar signs itself (README, "IAM authentication"). conftest.py runs every task-definition test on
+sidecar signs itself (docs/rds-iam.md). conftest.py runs every task-definition test on
 both; test_iam_policy.py checks each policy with the checker of its kind.
 """
 

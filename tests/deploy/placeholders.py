@@ -1,7 +1,7 @@
 """The placeholders of the deployment files (deployments.py: the task definitions and policies), with
 example values.
 
-README.md ("Deploying on ECS") lists the same names (test_docs.py keeps the two in step). The example
+docs/ecs.md and docs/rds-iam.md list the same names (test_docs.py keeps them in step). The example
 values are what a user substitutes before registering; the tests render the files with them to
 run the sidecar's own config check on the environment ECS would actually hand the container.
 """

@@ -18,17 +18,17 @@ APP = "app"
 VOLUME = "secrets"
 SIDECAR_UID = 65532
 APP_GID = 1000
-# The defaults of the daemon (README, "Configuration"), used when the task sets no env var for them.
+# The defaults of the daemon (docs/configuration.md), used when the task sets no env var for them.
 DEFAULT_LISTEN = "127.0.0.1:2773"
 DEFAULT_OUTPUT_DIR = "/secrets"
-# `secrets-sidecar healthcheck` gives up on /healthz after 2 s (issue 2); ECS's timeout must be
+# `secrets-sidecar healthcheck` gives up on /healthz after 2 s (docs/http-api.md); ECS's timeout must be
 # longer, or ECS kills the probe before it can answer with its own exit code.
 HEALTHCHECK_OWN_TIMEOUT_S = 2
 # ECS healthCheck limits, from the ECS Developer Guide's "Task definition parameters" (healthCheck).
 HEALTHCHECK_LIMITS = {"interval": (5, 300), "timeout": (2, 60), "retries": (1, 10), "startPeriod": (0, 300)}
-# `NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]` (issue 9): the sidecar signs an RDS IAM auth token
+# `NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]` (docs/rds-iam.md): the sidecar signs an RDS IAM auth token
 # for USER at HOST:PORT and publishes it as NAME.json. The app sends a token only over TLS to a server it
-# verified with the RDS CA bundle, which is in the app's own image (README, "IAM authentication").
+# verified with the RDS CA bundle, which is in the app's own image (docs/rds-iam.md).
 RDS_IAM_SCHEME = "rds-iam://"
 RDS_IAM_OPTIONS = ("region", "dbname")
 CA_FILE_VAR = "SECRETS_SIDECAR_CA_FILE"

@@ -1,12 +1,12 @@
 """iam-policy.json: the task role may read the one database secret and nothing else.
 
-The sidecar polls with DescribeSecret and fetches with GetSecretValue (issue 2); kms:Decrypt is
-needed only when a customer-managed key encrypts the secret, and only through Secrets Manager.
+The sidecar polls with DescribeSecret and fetches with GetSecretValue (docs/ecs.md, the task role);
+kms:Decrypt is needed only when a customer-managed key encrypts the secret, and only through Secrets Manager.
 
 iam-policy.rds-iam.json: the task role may connect as the one database user the sidecar signs tokens
-for (issue 9), nothing else. Signing is local: no Secrets Manager, no KMS, no RDS API call. The
+for, nothing else. Signing is local: no Secrets Manager, no KMS, no RDS API call. The
 resource is `dbuser:<DB_RESOURCE_ID>/<DB_USER>`: the DbiResourceId of an instance, the
-DbClusterResourceId of an Aurora cluster, or a proxy's prx-… id (README, "IAM authentication").
+DbClusterResourceId of an Aurora cluster, or a proxy's prx-… id (docs/rds-iam.md).
 """
 
 from __future__ import annotations
