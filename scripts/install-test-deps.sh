@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs that cargo does not fetch itself:
 #  - the pinned Python tools (moto's Secrets Manager emulator, ...) in ./.venv;
-#  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord, Ruby's dotenv
-#    for the format=env round trips, Puma + Rack for the phased-restart proof of --on-change);
+#  - Debian packages for the end-to-end tests (real MariaDB, PostgreSQL, Ruby + ActiveRecord, Railties for
+#    the Rails app that boots the secrets_sidecar gem, Ruby's dotenv for the format=env round trips, Puma +
+#    Rack for the phased-restart proof of --on-change);
 #  - podman and runc, which build the image from the Dockerfile (`make image`) and run it in the image tests;
-#  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord 7.2), a debootstrap root cached outside the
+#  - the second Ruby stack (Debian 13: Ruby 3.3, ActiveRecord and Railties 7.2), a debootstrap root cached outside the
 #    clone (scripts/trixie-root.sh).
 # Idempotent: a second run only checks.
 # --emulator-only: just the Python venv (what `make demo` needs).
@@ -16,7 +17,7 @@ emulator_only=false
 
 # wrk: scripts/test.sh runs one short round of `make bench`. podman + runc (not crun: scripts/podman.sh) +
 # ca-certificates (the bundle `make image` puts into the image): the image tests.
-DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk podman runc ca-certificates)
+DEB_PACKAGES=(mariadb-server mariadb-client postgresql ruby ruby-activerecord ruby-railties ruby-mysql2 ruby-pg ruby-dotenv puma ruby-rack binutils debootstrap openssl libpam-modules python3 wrk podman runc ca-certificates)
 
 missing=()
 if [[ ${1:-} == --bench ]]; then

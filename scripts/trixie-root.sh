@@ -21,9 +21,13 @@ if [[ ${1:-} == --path ]]; then
 fi
 
 suite=trixie
-packages=ruby,ruby-activerecord,ruby-mysql2,ruby-pg,puma,ruby-rack,ruby-dotenv
+packages=ruby,ruby-activerecord,ruby-railties,ruby-mysql2,ruby-pg,puma,ruby-rack,ruby-dotenv
 stamp_file=.secrets-sidecar-root
-want="$suite minbase $packages"
+# debootstrap writes no /etc/hosts (an installer or a container runtime does): without one nothing in the
+# root resolves `localhost`. The tests dial names, not only 127.0.0.1 (MariaDB Connector/C 3.4 does not
+# check a certificate's name for 127.0.0.1), so the root gets Debian's standard two lines.
+hosts=$'127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback'
+want="$suite minbase $packages hosts"
 
 if [[ -f $root/$stamp_file && $(cat "$root/$stamp_file") == "$want" ]]; then
   exit 0
@@ -39,7 +43,7 @@ if ! command -v debootstrap >/dev/null; then
   exit 1
 fi
 
-echo "==> debootstrap $suite into $root (Ruby 3.3 + ActiveRecord 7.2, about a minute)"
+echo "==> debootstrap $suite into $root (Ruby 3.3 + ActiveRecord/Railties 7.2, about a minute)"
 mkdir -p "$(dirname "$root")"
 tmp="$root.partial"
 rm -rf "$tmp"
@@ -50,9 +54,10 @@ if ! debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" > "$roo
   rm -rf "$tmp"
   exit 1
 fi
+printf '%s\n' "$hosts" > "$tmp/etc/hosts"
 chroot "$tmp" ruby -e 'require "active_record"; require "mysql2"; require "pg"; require "minitest"
-  require "puma"; require "rack"; require "dotenv"
-  puts "    Ruby #{RUBY_VERSION}, activerecord #{ActiveRecord.version}, mysql2 #{Mysql2::VERSION}, pg #{PG::VERSION}, puma #{Puma::Const::PUMA_VERSION}"'
+  require "puma"; require "rack"; require "dotenv"; require "rails"
+  puts "    Ruby #{RUBY_VERSION}, activerecord #{ActiveRecord.version}, railties #{Rails.version}, mysql2 #{Mysql2::VERSION}, pg #{PG::VERSION}, puma #{Puma::Const::PUMA_VERSION}"'
 echo "$want" > "$tmp/$stamp_file"
 rm -rf "$root"
 mv "$tmp" "$root"

@@ -16,12 +16,15 @@
 //!    gives any of them a meaning, and it is the only form Docker's `--env-file` reads back exactly;
 //! 2. **single quotes** `'…'` when the value has no `'`, no `\\` and does not end in `\`: literal in sh,
 //!    Ruby and systemd; python-dotenv would turn `\\` into `\` and read a final `\'` as an escaped quote;
-//! 3. **double quotes** `"…"` with each `\` written `\\`, when the value has none of `"` `$` `` ` `` (each
-//!    special in some parser's double quotes with no escape that all of them undo) and no `\n`/`\r` pair
-//!    (Ruby turns them into line breaks before unescaping): for values with `'` or awkward backslashes;
+//! 3. **double quotes** `"…"` with each `\` written `\\` and each `"` written `\"` — the two escapes sh,
+//!    Ruby and python-dotenv all undo — when the value has neither `$` nor `` ` `` (special in some parser's
+//!    double quotes, with no escape that all of them undo: Ruby and sh take `\$`, python-dotenv keeps the
+//!    backslash) and no `\n`/`\r` pair (Ruby turns them into line breaks before unescaping): for values
+//!    with `'` or awkward backslashes, `"` included, e.g. `A="dq\" and sq' mixed"`;
 //! 4. otherwise the value is **refused** with the key named, never written in a form one consumer
-//!    misreads. So are values with a line break (Ruby 2.4 reads the continuation line as a line of its
-//!    own, which may set another variable) or a NUL (no environment can hold it).
+//!    misreads: a value that needs double quotes (a `'`, `\\` or a final `\`) and holds a `$`, a `` ` ``
+//!    or a `\n`/`\r` pair. So are values with a line break (Ruby 2.4 reads the continuation line as a line
+//!    of its own, which may set another variable) or a NUL (no environment can hold it).
 //!
 //! Key names must be variable names (`[A-Za-z_][A-Za-z0-9_]*`); any other is refused, never mangled.
 //! Values that are not JSON strings are written as their JSON text (`3306`, `true`, `null`, `{"a":1}`),
@@ -47,7 +50,7 @@ pub enum Unportable {
     /// `\n` or `\r`.
     LineBreak,
     Nul,
-    /// A `'` or an awkward backslash, together with `"`, `$` or `` ` ``.
+    /// A `'` or an awkward backslash, together with `$`, `` ` `` or a `\n`/`\r` pair.
     Mixed,
 }
 
@@ -59,9 +62,9 @@ impl fmt::Display for Unportable {
             }
             Unportable::Nul => "contains a NUL character, which no environment variable can hold",
             Unportable::Mixed => {
-                "contains a ' (or \\\\, a final \\, or \\n) together with \", $ or `: no quoting reads back \
-                 the same in sh, Ruby dotenv and python-dotenv (use format=json, or exclude these characters \
-                 from generated values)"
+                "contains a ' (or \\\\, or a final \\) together with $, ` or a \\n or \\r pair: no quoting \
+                 reads back the same in sh, Ruby dotenv and python-dotenv (use format=json, or exclude these \
+                 characters from generated values)"
             }
         })
     }
@@ -101,7 +104,7 @@ pub fn quoting(value: &str) -> Result<Quoting, Unportable> {
     if !value.contains('\'') && !value.contains("\\\\") && !value.ends_with('\\') {
         return Ok(Quoting::Single);
     }
-    if !value.contains(['"', '$', '`']) && !value.contains("\\n") && !value.contains("\\r") {
+    if !value.contains(['$', '`']) && !value.contains("\\n") && !value.contains("\\r") {
         return Ok(Quoting::Double);
     }
     Err(Unportable::Mixed)
@@ -119,7 +122,7 @@ fn push_value(out: &mut String, value: &str) -> Result<(), Unportable> {
         Quoting::Double => {
             out.push('"');
             for c in value.chars() {
-                if c == '\\' {
+                if c == '\\' || c == '"' {
                     out.push('\\');
                 }
                 out.push(c);
@@ -194,6 +197,10 @@ mod tests {
             (r"a\\b", "K=\"a\\\\\\\\b\"\n"),
             (r"ends\", "K=\"ends\\\\\"\n"),
             (r"it's C:\dir", "K=\"it's C:\\\\dir\"\n"),
+            (r#"dq" and sq' mixed"#, "K=\"dq\\\" and sq' mixed\"\n"),
+            (r#"it's "quoted""#, "K=\"it's \\\"quoted\\\"\"\n"),
+            (r#"a\\b""#, "K=\"a\\\\\\\\b\\\"\"\n"),
+            (r#"'\""#, "K=\"'\\\\\\\"\"\n"),
         ] {
             assert_eq!(one(value).unwrap(), line, "value {value:?}");
         }
@@ -206,10 +213,9 @@ mod tests {
             ("cr\r", Unportable::LineBreak),
             ("nul\0", Unportable::Nul),
             ("it's $5", Unportable::Mixed),
-            ("it's \"quoted\"", Unportable::Mixed),
+            ("it's \"$5\"", Unportable::Mixed),
             ("it's `x`", Unportable::Mixed),
             (r"a\\b$c", Unportable::Mixed),
-            (r#"a\\b""#, Unportable::Mixed),
             (r"it's a \new day", Unportable::Mixed),
         ] {
             let err = one(value).unwrap_err();
@@ -253,16 +259,17 @@ mod tests {
             prop_assert!(quoting(&value).is_ok());
         }
 
-        /// Nor are values with `'` or backslashes when they have none of `"`, `$`, `` ` ``, unless they need
-        /// double quotes (a `'`, `\\` or final `\`) and hold a `\n` or `\r` pair.
+        /// Nor are values with quotes of both kinds or backslashes when they have neither `$` nor `` ` ``,
+        /// unless they need double quotes (a `'`, `\\` or final `\`) and hold a `\n` or `\r` pair.
         #[test]
-        fn values_with_quotes_or_backslashes_but_no_shell_specials_are_written(value in "[^\n\r\0\"$`]{0,40}") {
+        fn values_with_quotes_or_backslashes_but_no_shell_specials_are_written(value in "[^\n\r\0$`]{0,40}") {
             let needs_double = value.contains('\'') || value.contains("\\\\") || value.ends_with('\\');
             let pairs = value.contains("\\n") || value.contains("\\r");
             prop_assert_eq!(quoting(&value).is_ok(), !(needs_double && pairs));
         }
 
-        /// A bare or single-quoted value is the value itself between the delimiters: nothing is escaped.
+        /// A bare or single-quoted value is the value itself between the delimiters: nothing is escaped; in
+        /// double quotes only `\` and `"` are.
         #[test]
         fn only_double_quotes_escape_anything(value in "\\PC{0,40}") {
             if let Ok(line) = one(&value) {
@@ -270,7 +277,9 @@ mod tests {
                 match quoting(&value).unwrap() {
                     Quoting::Bare => prop_assert_eq!(body, value.as_str()),
                     Quoting::Single => prop_assert_eq!(body, format!("'{value}'")),
-                    Quoting::Double => prop_assert_eq!(body, format!("\"{}\"", value.replace('\\', "\\\\"))),
+                    Quoting::Double => {
+                        prop_assert_eq!(body, format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")))
+                    }
                 }
             }
         }

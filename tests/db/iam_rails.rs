@@ -35,8 +35,17 @@ fn credentials(server: &dyn IamServer) -> Credentials {
     Credentials::new(&c.access_key_id, &c.secret_access_key, c.session_token.clone(), None, "test")
 }
 
+/// mysql2 dials the server by a name, as an app dials an RDS endpoint: MariaDB Connector/C 3.4 checks no
+/// certificate name for a host given as 127.0.0.1, so the hook refuses to send a token there (and
+/// `localhost` means a Unix socket to MySQL clients). `LOCALHOST` resolves to 127.0.0.1 through /etc/hosts.
+fn dial_by_name(adapter: &str, config: &mut Value) {
+    if adapter == "mysql2" {
+        config["host"] = json!("LOCALHOST");
+    }
+}
+
 /// Writes the token file the way the sidecar does (temp file, then rename), signed at `at`.
-fn publish_token(server: &dyn IamServer, file: &Path, at: SystemTime) {
+pub(crate) fn publish_token(server: &dyn IamServer, file: &Path, at: SystemTime) {
     let target =
         Target { host: server.host().into(), port: server.port(), user: IAM_USER.into(), region: REGION.into() };
     let token = presign(&target, &credentials(server), at).expect("sign");
@@ -74,6 +83,7 @@ fn setup(stack: &Stack, adapter: &str, server: &dyn IamServer, mode: &str, signe
         mode,
         json!({ "file": stack.inner_path(&file), "ca_file": stack.inner_path(&ca) }),
     );
+    dial_by_name(adapter, &mut config);
     // Every PAM login starts the Python verifier (0.3–1.5 s): a light load, new connections every second.
     config["threads"] = json!(2);
     config["pool"] = json!(2);
@@ -125,6 +135,7 @@ async fn sidecar_for(
             "ca_file": stack.inner_path(&ca),
         }),
     );
+    dial_by_name(adapter, &mut config);
     // Every PAM login starts the Python verifier (0.3–1.5 s): a light load, new connections every second.
     config["threads"] = json!(2);
     config["pool"] = json!(2);

@@ -207,6 +207,10 @@ pub trait IamServer {
     /// `psql`; the token in an environment variable of the child, never argv) and runs a query that
     /// prints the logged-in user and the TLS version ("" without TLS).
     fn login_as(&self, user: &str, token: &str, tls: Tls) -> Login;
+    /// Makes the server load its certificate and key files again (after a test replaced them).
+    fn reload_tls(&self);
+    /// Its name for `openssl s_client -starttls`.
+    fn starttls(&self) -> &'static str;
 
     /// The host tokens are signed for (what the client dials).
     fn host(&self) -> &'static str {
@@ -222,6 +226,18 @@ pub trait IamServer {
     /// The CA certificate that signed the server's certificate (what `sslrootcert`/`--ssl-ca` take).
     fn ca_path(&self) -> &Path {
         &self.iam().ca
+    }
+    /// The server's certificate, its key and the CA's key, and who owns the server's files: what a test
+    /// needs to give the server another certificate ([`IamServer::reload_tls`]).
+    fn tls_files(&self) -> TlsFiles {
+        let i = self.iam();
+        TlsFiles {
+            ca: i.ca.clone(),
+            ca_key: i.ca.with_file_name("ca.key"),
+            cert: i.server_cert.clone(),
+            key: i.server_key.clone(),
+            owner: i.owner,
+        }
     }
     /// The verifier's log: one JSON line per login attempt that reached PAM.
     fn verifier_log_path(&self) -> &Path {
@@ -249,6 +265,15 @@ pub trait IamServer {
             at: SystemTime::now(),
         }
     }
+}
+
+/// See [`IamServer::tls_files`].
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub owner: Option<(u32, u32)>,
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -464,11 +489,11 @@ fn make_tls(dir: &Path, owner: Option<(u32, u32)>) -> (PathBuf, PathBuf, PathBuf
     (ca, cert, key)
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")
 }
 
-fn openssl(args: &[&str]) {
+pub(crate) fn openssl(args: &[&str]) {
     let out = Command::new(OPENSSL).args(args).stdin(Stdio::null()).output().expect("run openssl");
     assert!(out.status.success(), "openssl {} failed: {}", args[0], String::from_utf8_lossy(&out.stderr));
 }
@@ -709,6 +734,12 @@ impl IamServer for IamMariaDb {
     fn port(&self) -> u16 {
         self.port
     }
+    fn reload_tls(&self) {
+        self.sql("FLUSH SSL;");
+    }
+    fn starttls(&self) -> &'static str {
+        "mysql"
+    }
     fn login_as(&self, user: &str, token: &str, tls: Tls) -> Login {
         let mut c = Command::new(MARIADB);
         c.arg("--no-defaults")
@@ -840,6 +871,8 @@ impl IamPostgres {
                 .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", iam.server_cert.display())])
                 .args(["-c", &format!("ssl_key_file={}", iam.server_key.display())])
                 .args(["-c", "log_min_messages=warning"])
+                // One line per TCP connection, so a test can tell a connection that reached the server.
+                .args(["-c", "log_connections=on"])
                 .env("LC_ALL", "C")
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone().unwrap())
@@ -874,6 +907,10 @@ impl IamPostgres {
     pub fn auth_failures(&self, user: &str) -> usize {
         count_lines(&self.log, &format!("PAM authentication failed for user \"{user}\""))
     }
+    /// TCP connections the server accepted so far (log_connections), whatever became of them.
+    pub fn connections_received(&self) -> usize {
+        count_lines(&self.log, &format!("connection received: host={HOST}"))
+    }
     /// Connections of `user` refused for lacking TLS, counted in the server's own log.
     pub fn no_tls_refusals(&self, user: &str) -> usize {
         count_lines(&self.log, &format!("pg_hba.conf rejects connection for host \"{HOST}\", user \"{user}\""))
@@ -895,6 +932,13 @@ impl IamServer for IamPostgres {
     }
     fn port(&self) -> u16 {
         self.port
+    }
+    fn reload_tls(&self) {
+        // Asynchronous: the postmaster re-reads its files when it handles the signal.
+        self.sql("SELECT pg_reload_conf();");
+    }
+    fn starttls(&self) -> &'static str {
+        "postgres"
     }
     fn login_as(&self, user: &str, token: &str, tls: Tls) -> Login {
         let ssl = match tls {

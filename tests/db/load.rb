@@ -14,9 +14,11 @@
 # once at boot into username/password (what ERB in database.yml does) and the hook is not loaded.
 # mode "budget": no load; one connection attempt through the pool, timed, for credentials that never
 # work (the test made sure of that), then the summary.
-# "without": names parts of the hook to leave out, for negative controls: "reconnect_guard" (PostgreSQL
-# reconnects reset the first login) and "reconnect_budget" (Rails 7.1+'s reconnect! retry runs the hook's
-# loop again).
+# mode "steps": no load; one pool connection, driven step by step by the test over stdin (one JSON command a
+# line, one JSON answer a line; see STEPS below), for scenarios where the test acts between the app's steps
+# (swaps a server certificate, changes a password, kills a session).
+# "without": names parts of the hook to leave out, for negative controls (WITHOUT below): each shows what
+# that part prevents.
 #
 # Each thread runs `SELECT 1` through the pool in a loop; every `reconnect_every` queries it calls
 # `reconnect!` on its connection (the adapter's reconnect path), and a separate thread calls
@@ -32,8 +34,8 @@ require "json"
 require "logger"
 
 cfg = JSON.parse(ENV.fetch("LOAD_CONFIG"))
-lib = cfg["lib"] || File.expand_path("../../contrib/ruby/lib", __dir__)
-$LOAD_PATH.unshift(lib)
+# The hook's files, by path (they load each other by relative path): nothing on the load path.
+LIB = cfg["lib"] || File.expand_path("../../contrib/ruby/lib", __dir__)
 $stdout.sync = true
 $stderr.sync = true
 
@@ -47,23 +49,52 @@ db_config = {
   port: cfg.fetch("port"),
   database: cfg.fetch("database"),
   pool: cfg.fetch("pool", 5),
-  checkout_timeout: 10,
+  checkout_timeout: cfg.fetch("checkout_timeout", 10),
   reaping_frequency: nil,
 }
 # Anything else the app's database.yml would say (TLS options, …).
 db_config.merge!(cfg.fetch("db_extra", {}).transform_keys(&:to_sym))
 without = cfg.fetch("without", [])
-case mode
-when "hook", "budget"
-  require "secrets_sidecar/active_record"
-  db_config[:secrets_sidecar] = cfg.fetch("secrets_sidecar")
-  without.each do |part|
-    unless %w[reconnect_guard reconnect_budget].include?(part)
-      abort "load.rb: unknown part #{part.inspect} in without"
+# Parts of the hook a negative control leaves out, each replaced by what happens without it.
+WITHOUT = {
+  # PostgreSQL reconnects reset the first login (libpq's reset, with the first password).
+  "reconnect_guard" => -> { SecretsSidecar::ActiveRecord.define_singleton_method(:guard_reset) { |raw| raw } },
+  # 6.1/7.0: the statement pool keeps the connection it was built with across a reconnect.
+  "statement_pool" => -> { SecretsSidecar::ActiveRecord.define_singleton_method(:repoint_statement_pool) { |_a| nil } },
+  # Rails 7.1+'s reconnect! retry runs the hook's loop again (before any adapter loads: the install
+  # methods run from the adapters' load hooks).
+  "reconnect_budget" => lambda {
+    SecretsSidecar::ActiveRecord.define_singleton_method(:install_reconnect_budget) { |_adapter_class| nil }
+  },
+  # Calls to the sidecar get their default timeouts instead of the time left before the deadline.
+  "deadline" => -> { SecretsSidecar::ActiveRecord.define_singleton_method(:call_timeout) { |_budget| nil } },
+  # mysql2 keeps `reconnect: true`: libmariadb logs in again by itself with the first password.
+  "reconnect_option" => lambda {
+    SecretsSidecar::ActiveRecord.define_singleton_method(:mysql2_without_auto_reconnect) { |out, _settings| out }
+  },
+  # mysql2 gets what the hook gave it before the name check: ssl_mode verify_identity and the CA, nothing
+  # else (mysql2 0.5.3 on Connector/C then checks the chain only).
+  "name_check" => lambda {
+    SecretsSidecar::ActiveRecord::IamTls.define_singleton_method(:mysql2) do |_out, ca_file, **|
+      { ssl_mode: "verify_identity", sslca: ca_file }
     end
-    # Before any adapter loads: the install methods run from the adapters' load hooks.
-    SecretsSidecar::ActiveRecord.define_singleton_method("install_#{part}") { |_adapter_class| nil }
-  end
+  },
+  # No refusal for 127.0.0.1 with MariaDB Connector/C 3.4, which checks no name for it.
+  "loopback_rule" => lambda {
+    SecretsSidecar::ActiveRecord::IamTls.send(:remove_const, :LOOPBACK_LITERALS)
+    SecretsSidecar::ActiveRecord::IamTls.const_set(:LOOPBACK_LITERALS, [].freeze)
+  },
+}.freeze
+
+def leave_out(part)
+  WITHOUT.fetch(part) { abort "load.rb: unknown part #{part.inspect} in without (known: #{WITHOUT.keys.join(', ')})" }.call
+end
+
+case mode
+when "hook", "budget", "steps"
+  require File.join(LIB, "secrets_sidecar/active_record")
+  db_config[:secrets_sidecar] = cfg.fetch("secrets_sidecar")
+  without.each { |part| leave_out(part) }
 when "read_once"
   secret = JSON.parse(File.read(cfg.fetch("secrets_sidecar").fetch("file")))
   db_config[:username] = secret.fetch("username")
@@ -175,21 +206,86 @@ def versions(adapter)
     ruby: RUBY_VERSION }
 end
 
-if mode == "budget"
-  # What the app sees when the credentials never work: one query on a new pool connection.
-  t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-  error = nil
-  begin
-    pool.with_connection { |c| c.select_value("SELECT 1") }
-  rescue StandardError => e
-    error = e
+if mode == "steps"
+  # STEPS: one JSON command a line on stdin, one JSON answer a line on stdout ({"ok": true, …} or
+  # {"ok": false, "error_class", "message", "cause"}), each with the login counts so far.
+  #   {"op":"query"}                       SELECT 1 on the pool's connection (7.1+: a read Rails may retry)
+  #   {"op":"connect","host":H?}           a new connection (the pool emptied first), to H if given; SELECT 1
+  #   {"op":"reconnect"}                   reconnect! on the pool's connection
+  #   {"op":"verify"}                      verify! on it (a ping; a reconnect! if that fails)
+  #   {"op":"prepare","n":N,"from":F}      N distinct prepared statements (PostgreSQL)
+  #   {"op":"count_prepared"}              the session's prepared statements, as the server lists them
+  #   {"op":"without","part":P}            leave part P of the hook out from now on (WITHOUT)
+  select_one = lambda do |conn|
+    v = ar71 ? conn.select_all("SELECT 1", "SQL", allow_retry: true).rows.first.first : conn.select_value("SELECT 1")
+    raise "SELECT 1 returned #{v.inspect}" unless v.to_i == 1
   end
-  seconds = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+  int = ActiveRecord::Type::Integer.new
+  puts JSON.generate(event: "ready", at: Time.now.to_f)
+  $stdin.each_line do |line|
+    cmd = JSON.parse(line)
+    result = {}
+    begin
+      case cmd.fetch("op")
+      when "query"
+        pool.with_connection(&select_one)
+      when "connect"
+        ActiveRecord::Base.connection_pool.disconnect!
+        ActiveRecord::Base.establish_connection(db_config.merge(host: cmd["host"])) if cmd["host"]
+        pool = ActiveRecord::Base.connection_pool
+        pool.with_connection(&select_one)
+      when "reconnect"
+        pool.with_connection(&:reconnect!)
+      when "verify"
+        pool.with_connection(&:verify!)
+      when "prepare"
+        pool.with_connection do |conn|
+          cmd.fetch("n").times do |i|
+            bind = ActiveRecord::Relation::QueryAttribute.new("n", 1, int)
+            conn.exec_query("SELECT $1::int + #{cmd.fetch('from') + i} AS x", "SQL", [bind], prepare: true)
+          end
+        end
+      when "count_prepared"
+        result[:count] = pool.with_connection { |c| c.select_value("SELECT count(*) FROM pg_prepared_statements").to_i }
+      when "without"
+        leave_out(cmd.fetch("part"))
+      else
+        abort "load.rb: unknown step #{cmd.inspect}"
+      end
+      result[:ok] = true
+    rescue StandardError => e
+      result.merge!(ok: false, error_class: e.class.name, message: e.message.to_s[0, 300],
+                    cause: e.cause && "#{e.cause.class.name}: #{e.cause.message.to_s[0, 300]}")
+    end
+    counts = STATS_LOCK.synchronize { %w[driver_logins driver_login_failures stale_logins].to_h { |k| [k, STATS[k]] } }
+    puts JSON.generate(result.merge(counts))
+  end
+  exit 0
+end
+
+if mode == "budget"
+  # What the app sees when the credentials never work: one query on a new pool connection. With
+  # "waiters": N (and a pool of 1), N more threads ask the pool for a connection 0.2 s later, while the
+  # first one's connect is failing: what a request queued behind it sees, and when.
+  attempt = lambda do
+    t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    begin
+      pool.with_connection { |c| c.select_value("SELECT 1") }
+      [nil, Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0]
+    rescue StandardError => e
+      [e, Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0]
+    end
+  end
+  first = Thread.new(&attempt)
+  waiters = Array.new(cfg.fetch("waiters", 0)) { sleep 0.2 if cfg["waiters"]; Thread.new(&attempt) }
+  error, seconds = first.value
+  waited = waiters.map(&:value).map { |e, t| { error_class: e&.class&.name, seconds: t.round(3) } }
   puts JSON.generate(event: "ready", at: Time.now.to_f)
   puts JSON.generate({ event: "summary", mode: mode, adapter: adapter, without: without }.merge(versions(adapter)).merge(
     seconds: seconds.round(3),
     error_class: error&.class&.name,
     error_message: error&.message.to_s[0, 300],
+    waiters: waited,
     driver_logins: STATS["driver_logins"],
     driver_login_failures: STATS["driver_login_failures"],
     stale_logins: STATS["stale_logins"],

@@ -143,6 +143,25 @@ fn stage_ruby_files(dir: &Path) {
     std::fs::copy(repo().join("tests/db/load.rb"), dir.join("load.rb")).unwrap();
 }
 
+/// `ruby load.rb` on `stack` with `config` (its `lib` set to the hook's files as the stack sees them, staged
+/// into `dir` for a stack that cannot see the repo). Stdio is the caller's to set.
+pub fn load_rb(mut config: Value, stack: &Stack, dir: &Path) -> Command {
+    let script = match stack {
+        Stack::Debian12 => {
+            config["lib"] = json!(repo().join("contrib/ruby/lib"));
+            repo().join("tests/db/load.rb")
+        }
+        Stack::Debian13 { .. } => {
+            stage_ruby_files(dir);
+            config["lib"] = json!(stack.inner_path(&dir.join("lib")));
+            stack.inner_path(&dir.join("load.rb"))
+        }
+    };
+    let mut cmd = Command::from(stack.ruby());
+    cmd.arg(script).env("LOAD_CONFIG", config.to_string()).kill_on_drop(true);
+    cmd
+}
+
 pub struct LoadResult {
     pub summary: Value,
     pub stderr: String,
@@ -155,20 +174,7 @@ impl Load {
         let dir = stack.scratch_dir("sidecar-load-");
         let stop_file = dir.path().join("stop");
         config["stop_file"] = json!(stack.inner_path(&stop_file));
-        let script = match stack {
-            Stack::Debian12 => {
-                config["lib"] = json!(repo().join("contrib/ruby/lib"));
-                repo().join("tests/db/load.rb")
-            }
-            Stack::Debian13 { .. } => {
-                stage_ruby_files(dir.path());
-                config["lib"] = json!(stack.inner_path(&dir.path().join("lib")));
-                stack.inner_path(&dir.path().join("load.rb"))
-            }
-        };
-        let mut child = Command::from(stack.ruby())
-            .arg(script)
-            .env("LOAD_CONFIG", config.to_string())
+        let mut child = load_rb(config, stack, dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

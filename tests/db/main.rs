@@ -16,17 +16,28 @@
 //! - [`rails_puma`]: both together — a Rails-style app under Puma (both stacks) keeps working across rotations
 //!   of its database password (the hook) and of a boot-time secret (phased restart), with no failed request.
 //! - [`iam_rails`]: a Rails app logs in with tokens the sidecar mints and renews.
+//! - [`rails_gem`]: the gem built, installed into a scratch GEM_HOME and booted in a Rails app on both stacks.
+//! - [`slow_sidecar`]: the failure budget holds with a sidecar that answers every request after 2.9 s.
+//! - [`iam_tls`]: an IAM token never reaches a server whose certificate is for another name or from another
+//!   CA, on both stacks and every adapter, counted on the servers.
+//! - [`stale_logins`]: mysql2 `reconnect: true` and PostgreSQL 6.1's statement pool across the hook's
+//!   reconnects, counted on the servers (refused logins, `pg_prepared_statements`).
 
 mod iam_server;
 mod load;
+mod steps;
 
 mod iam_rails;
 mod iam_servers;
+mod iam_tls;
 mod puma_restart;
 mod rails_file_only;
+mod rails_gem;
 mod rails_puma;
 mod rails_rotation;
 mod servers;
+mod slow_sidecar;
+mod stale_logins;
 
 /// One busy end-to-end test at a time on a two-core machine.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

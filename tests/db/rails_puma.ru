@@ -21,7 +21,6 @@ require "logger"
 require "dotenv"
 
 cfg = JSON.parse(File.read(ENV.fetch("APP_CONFIG")))
-$LOAD_PATH.unshift(cfg.fetch("lib"))
 require "active_record"
 
 # overload, not load: a worker is forked from the master, whose ENV must not win over the file.
@@ -40,7 +39,8 @@ db_config = {
 }
 case mode
 when "hook"
-  require "secrets_sidecar/active_record"
+  # By path, as tests/db/load.rb does: the gem itself is booted in tests/db/rails_gem.rs.
+  require File.join(cfg.fetch("lib"), "secrets_sidecar/active_record")
   db_config[:secrets_sidecar] = cfg.fetch("secrets_sidecar")
 when "read_once"
   secret = JSON.parse(File.read(cfg.fetch("secrets_sidecar").fetch("file")))

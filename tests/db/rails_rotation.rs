@@ -60,10 +60,10 @@ pub(crate) const MIN_ROTATION_SPACING: Duration = Duration::from_secs(6);
 
 /// The README's failure budget (Rails section, "When the credentials never work"): the hook's 3 logins
 /// within 2.5 s of the first refusal, plus ActiveRecord 7.1+'s one reconnect backoff of 0.1 s.
-const MAX_LOGINS: u64 = 3;
-const DOCUMENTED_FAILURE_SECONDS: f64 = 2.6;
+pub(crate) const MAX_LOGINS: u64 = 3;
+pub(crate) const DOCUMENTED_FAILURE_SECONDS: f64 = 2.6;
 /// What the test allows on a shared 2-core machine: the documented budget plus process and login time.
-const MAX_FAILURE_SECONDS: f64 = DOCUMENTED_FAILURE_SECONDS + 0.6;
+pub(crate) const MAX_FAILURE_SECONDS: f64 = DOCUMENTED_FAILURE_SECONDS + 0.6;
 
 pub(crate) fn secret_value(password: &str) -> String {
     json!({"username": db::APP_USER, "password": password}).to_string()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use secrets_sidecar::dotenv::{quoting, render};
+use secrets_sidecar::dotenv::{Quoting, quoting, render};
 use serde_json::{Map, Value};
 
 use harness::{ContentReader, Moto, Sidecar, create_secret, rotate, venv_python};
@@ -162,6 +162,24 @@ fn the_round_trip_check_catches_naive_quoting() {
     assert!(found.iter().any(|(p, _)| *p == Parser::Sh), "{found:#?}");
     // The renderer's own file for the same values reads back everywhere.
     assert_eq!(mismatches(&render(&object(&expected)).unwrap(), &expected), vec![]);
+}
+
+/// Quotes of both kinds in one value: double quotes with `\"` carry it to all three parsers (a value the
+/// renderer once refused). Written without that escape, some parser reads it back wrong.
+#[test]
+fn values_with_both_quotes_read_back_exactly_in_sh_ruby_and_python() {
+    let values = [r#"dq" and sq' mixed"#, r#"it's "quoted""#, r#"a\\b""#, r#"'\""#, r#"C:\dir "x" it's"#, "'\"'\"#"]
+        .map(String::from);
+    for v in &values {
+        assert_eq!(quoting(v), Ok(Quoting::Double), "{v:?}");
+    }
+    let expected = keyed(&values);
+    let file = render(&object(&expected)).unwrap();
+    assert!(file.starts_with("K0=\"dq\\\" and sq' mixed\"\n"), "{}", file.as_str());
+    assert_eq!(mismatches(&file, &expected), vec![], "file:\n{}", file.as_str());
+
+    let unescaped: String = file.lines().map(|l| format!("{}\n", l.replace("\\\"", "\""))).collect();
+    assert!(!mismatches(&unescaped, &expected).is_empty(), "the check cannot tell:\n{unescaped}");
 }
 
 const FIRST: &str = r#"{"SECRET_KEY_BASE":"first","REDIS_AUTH":"p@ss w0rd#1","PORT":6379}"#;

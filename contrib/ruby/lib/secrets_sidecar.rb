@@ -1,27 +1,31 @@
 # frozen_string_literal: true
 
-# secrets_sidecar: the Ruby side of secrets-sidecar.
+# secrets_sidecar: the Ruby side of secrets-sidecar, as a gem (contrib/ruby/secrets_sidecar.gemspec).
 #
-# Owns two things, both stdlib only (json, net/http, etc):
+# This file owns two things, both standard library only (json, net/http, etc):
 #
 # * CredentialsFile — reads the JSON file the sidecar publishes (DIR/NAME.json) and re-parses it only when
 #   the file's identity (device, inode, mtime, ctime, size) changed, so the common case is one stat(2). The
 #   sidecar replaces the file by rename, so every new version is a new inode.
 # * Client — the sidecar's localhost endpoint: POST .../refresh and GET ...?stage=AWSPENDING, with the token
-#   read from the token file on every call (the sidecar generates a new one when it restarts).
+#   read from the token file on every call (the sidecar generates a new one when it restarts). Every call
+#   takes a `timeout:` that bounds it whole, so a caller with a deadline (the ActiveRecord hook) can derive
+#   each call's time from what is left of it.
 #
 # Secrets are toxic: no password or token appears in an exception message, a log line or #inspect. JSON
 # parser messages are never passed on either, because they quote the input.
 #
-# The ActiveRecord hook lives in secrets_sidecar/active_record.rb and uses only the API below.
+# The ActiveRecord hook lives in secrets_sidecar/active_record.rb and uses only the API below. Inside a Rails
+# app (Rails::Railtie defined when the gem is required, as Bundler.require does after `require "rails"`),
+# requiring this file also loads the Railtie, which installs the hook when ActiveRecord loads.
 
 require "json"
 require "net/http"
 require "uri"
 require "etc"
+require_relative "secrets_sidecar/version"
 
 module SecretsSidecar
-  VERSION = "0.1.0"
   TOKEN_HEADER = "X-Secrets-Sidecar-Token"
 
   class Error < StandardError; end
@@ -297,6 +301,10 @@ module SecretsSidecar
   end
 
   # Client for the sidecar's endpoint for one secret, e.g. url "http://127.0.0.1:2773/v1/secrets/db".
+  #
+  # Each call takes an optional `timeout:` in seconds: the longest the whole call may take (connect, send,
+  # answer). Without it the defaults below apply to each step. A call that runs out of time raises
+  # EndpointError, like one that cannot connect.
   class Client
     DEFAULT_OPEN_TIMEOUT = 0.5
     DEFAULT_READ_TIMEOUT = 3.0
@@ -316,18 +324,18 @@ module SecretsSidecar
     # POST .../refresh: asks the sidecar to fetch now (it coalesces calls and honours --min-refresh-gap).
     # Returns the metadata Hash (string keys: "version_id", "changed", "fetched", "rotation_in_progress",
     # "pending_version_id").
-    def refresh
+    def refresh(timeout: nil)
       req = Net::HTTP::Post.new(path_for("/refresh"))
       # An empty body; naming its type keeps Ruby 3.3's net/http from warning on every call.
       req["Content-Type"] = "text/plain"
-      res = request(req)
+      res = request(req, timeout)
       expect_ok!(res, "POST refresh")
       parse_object(res.body, "refresh answer")
     end
 
     # GET ...?stage=AWSPENDING: the pending credentials while a rotation is in progress, nil otherwise (404).
-    def pending
-      res = request(Net::HTTP::Get.new(path_for("", "stage=AWSPENDING")))
+    def pending(timeout: nil)
+      res = request(Net::HTTP::Get.new(path_for("", "stage=AWSPENDING")), timeout)
       return nil if res.code == "404"
 
       expect_ok!(res, "GET ?stage=AWSPENDING")
@@ -335,8 +343,8 @@ module SecretsSidecar
     end
 
     # GET ...: the current value, as in the file.
-    def current
-      res = request(Net::HTTP::Get.new(path_for("")))
+    def current(timeout: nil)
+      res = request(Net::HTTP::Get.new(path_for("")), timeout)
       expect_ok!(res, "GET")
       Credentials.parse_json(res.body, origin: "the sidecar's current value", source: :endpoint)
     end
@@ -353,17 +361,34 @@ module SecretsSidecar
       query ? "#{p}?#{query}" : p
     end
 
-    def request(req)
+    def request(req, timeout)
       token = read_token
       req[TOKEN_HEADER] = token if token
       req["Accept"] = "application/json"
-      Net::HTTP.start(@url.host, @url.port, open_timeout: @open_timeout, read_timeout: @read_timeout,
-                                            write_timeout: @read_timeout) do |http|
-        http.request(req)
+      deadline = timeout && (monotonic + timeout)
+      # No proxy: the sidecar is on this host's loopback, whatever http_proxy says.
+      http = Net::HTTP.new(@url.host, @url.port, nil)
+      http.open_timeout = deadline ? [@open_timeout, left(deadline)].min : @open_timeout
+      # Net::HTTP sends an idempotent request (GET) a second time after a read timeout: twice the wait.
+      http.max_retries = 0
+      http.start do |conn|
+        step = deadline ? [@read_timeout, left(deadline)].min : @read_timeout
+        conn.read_timeout = step
+        conn.write_timeout = step
+        conn.request(req)
       end
     rescue SystemCallError, IOError, Timeout::Error, SocketError, Net::ProtocolError => e
       raise EndpointError, "secrets_sidecar: cannot reach the sidecar at #{@url.host}:#{@url.port} " \
                            "(#{e.class.name}); is it running, and is --listen the address in `url`?"
+    end
+
+    # Seconds until `deadline`; a little above zero when it has passed, as Net::HTTP takes no zero timeout.
+    def left(deadline)
+      [deadline - monotonic, 0.001].max
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     def read_token
@@ -392,3 +417,5 @@ module SecretsSidecar
     end
   end
 end
+
+require_relative "secrets_sidecar/railtie" if defined?(::Rails::Railtie)

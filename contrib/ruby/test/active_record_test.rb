@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
-require "test_helper"
-require "adapters_helper"
+require_relative "test_helper"
+require_relative "adapters_helper"
 
 # Unit tests of the ActiveRecord hook: configuration, what reaches the driver, error classification and
 # the retry policy. The driver calls are replaced by blocks here; tests/db/rails_rotation.rs runs the same hook
@@ -239,6 +239,70 @@ class ActiveRecordHookTest < Minitest::Test
     end
     assert_equal 1, n
     assert_equal 2003, e.cause.error_number
+  end
+
+  # --- the deadline ---------------------------------------------------------------------------------------
+
+  # One deadline (RETRY_BUDGET after the first refused login) bounds every call to the sidecar: one that
+  # never answers costs the time left, not its default read timeout (3 s) per call.
+  def test_a_sidecar_that_never_answers_cannot_stretch_the_budget
+    server = TCPServer.new("127.0.0.1", 0)
+    acceptor = Thread.new do
+      loop do
+        Thread.new(server.accept) do |sock|
+          sleep 10 # never answers
+        ensure
+          sock.close
+        end
+      end
+    end
+    settings = AR::Settings.from(file: @file, url: "http://127.0.0.1:#{server.addr[1]}/v1/secrets/db")
+    t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    assert_raises(ActiveRecord::ConnectionNotEstablished) do
+      AR.connect({}, settings, :mysql2) { |_cfg| raise rails_wrapped(auth_error) }
+    end
+    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+    assert_operator elapsed, :>=, AR::RETRY_BUDGET - 0.1
+    assert_operator elapsed, :<, AR::RETRY_BUDGET + 0.4, "the error took #{elapsed.round(2)} s"
+    assert_includes @log.string, "refresh failed"
+  ensure
+    acceptor&.kill
+    server&.close
+  end
+
+  # --- instrumentation ---------------------------------------------------------------------------------
+
+  def test_events_report_refresh_pending_credentials_and_giving_up_without_a_secret
+    events = []
+    sub = ActiveSupport::Notifications.subscribe(/\.secrets_sidecar\z/) do |name, _start, _finish, _id, payload|
+      events << [name, payload.dup]
+    end
+    with_endpoint(rotation: true, pending: "pending-pw") do |_endpoint, settings|
+      2.times { AR.connect({}, settings, :mysql2, &db_accepting("pending-pw", [])) }
+      publish(@file, "username" => "app", "password" => "file-pw-2")
+      assert_raises(ActiveRecord::ConnectionNotEstablished) do
+        AR.connect({}, settings, :postgresql) { |_cfg| raise rails_wrapped(auth_error) }
+      end
+      url = settings.url
+      file = settings.file
+      assert_equal ["refresh.secrets_sidecar", { file: file, url: url, adapter: "mysql2", outcome: "rotation_in_progress" }],
+                   events[0]
+      assert_equal ["pending_credentials.secrets_sidecar", { file: file, adapter: "mysql2", username: "app", remembered: false }],
+                   events[1]
+      assert_equal ["pending_credentials.secrets_sidecar", { file: file, adapter: "mysql2", username: "app", remembered: true }],
+                   events[2]
+      gave_up = events.last
+      assert_equal "gave_up.secrets_sidecar", gave_up[0]
+      assert_equal %i[adapter attempts error_class file seconds], gave_up[1].keys.sort
+      assert_equal ["postgresql", 2, "ActiveRecord::ConnectionNotEstablished", file],
+                   gave_up[1].values_at(:adapter, :attempts, :error_class, :file)
+      assert_operator gave_up[1][:seconds], :>, 0
+      assert_equal %w[refresh.secrets_sidecar], events[3..-2].map(&:first).uniq
+    end
+    # Every secret of the scenario, and the token file's content, is absent from every payload.
+    assert_no_secret events.inspect, "old-pw", "pending-pw", "file-pw-2", "tok"
+  ensure
+    ActiveSupport::Notifications.unsubscribe(sub) if sub
   end
 
   private

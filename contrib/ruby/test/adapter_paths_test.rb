@@ -1,7 +1,7 @@
 # frozen_string_literal: true
 
-require "test_helper"
-require "adapters_helper"
+require_relative "test_helper"
+require_relative "adapters_helper"
 
 # The hook inside real ActiveRecord adapter objects (no database: the driver's connect is replaced), on
 # whichever version runs the suite — `make test` runs it on Debian 12's 6.1 and in a Debian 13 root on
@@ -64,37 +64,51 @@ class AdapterPathsTest < Minitest::Test
     end
   end
 
-  def test_postgresql_7_1_reconnect_opens_a_new_login_with_the_file_instead_of_resetting_the_old_one
-    skip "7.1+ only (6.1 is covered end to end: tests/db/rails_rotation.rs counts every reset)" unless AR71
+  # The one PostgreSQL reconnect guard, on every version: a connection the hook opened does not reset.
+  def test_a_connection_the_hook_opened_closes_instead_of_resetting_with_its_first_password
     raw = RecordingRawConnection.new
+    assert_same raw, AR.guard_reset(raw)
+    e = assert_raises(PG::ConnectionBad) { raw.reset }
+    assert_includes e.message, "no reset with this connection's first password"
+    assert_equal [:close], raw.calls, "libpq's reset would log in with the first login's password"
+  end
+
+  def test_new_client_guards_only_the_connections_of_configs_with_the_key
+    with_pg_connect(->(_kw) { RecordingRawConnection.new }) do
+      plain = PGA.new_client(host: "127.0.0.1", port: 1, dbname: "app", user: "u", password: "p")
+      refute plain.singleton_class.include?(AR::FreshLoginOnReset)
+      plain.reset
+      assert_equal [:reset], plain.calls
+
+      hooked = AR.with_pg_settings(AR::Settings.from(file: @file)) do
+        PGA.new_client(host: "127.0.0.1", port: 1, dbname: "app")
+      end
+      assert hooked.singleton_class.include?(AR::FreshLoginOnReset)
+    end
+    assert_equal [nil, "file-pw"], @logins.map { |kw| kw[:password] == "p" ? nil : kw[:password] }
+  end
+
+  def test_postgresql_7_1_reconnect_opens_a_new_login_with_the_file_instead_of_resetting_the_old_one
+    skip "7.1+ only (6.1's reconnect! is covered end to end: tests/db/rails_rotation.rs counts every reset)" unless AR71
+    raw = AR.guard_reset(RecordingRawConnection.new)
     adapter = PGA.new(settings_config("postgresql"))
     adapter.instance_variable_set(:@raw_connection, raw)
-    with_pg_connect(->(_kw) { :new_raw_connection }) { adapter.send(:reconnect) }
-    assert_equal [:close], raw.calls, "libpq's reset would log in with the first login's password"
+    with_pg_connect(->(_kw) { RecordingRawConnection.new }) { adapter.send(:reconnect) }
+    assert_equal [:close], raw.calls
     assert_equal ["file-pw"], @logins.map { |kw| kw[:password] }
-    assert_equal :new_raw_connection, adapter.instance_variable_get(:@raw_connection)
+    fresh = adapter.instance_variable_get(:@raw_connection)
+    refute_same raw, fresh
+    assert fresh.singleton_class.include?(AR::FreshLoginOnReset), "the new connection is guarded too"
   end
 
   def test_negative_control_rails_own_postgresql_reconnect_resets_the_old_login
     skip "7.1+ only" unless AR71
-    raw = RecordingRawConnection.new
+    raw = RecordingRawConnection.new # not opened through the hook: no guard
     adapter = PGA.new(settings_config("postgresql"))
     adapter.instance_variable_set(:@raw_connection, raw)
-    # The method the guard wraps, called directly: what every reconnect did before the guard.
-    rails_reconnect = adapter.method(:reconnect).super_method
-    assert_equal AR::PostgresReconnect, adapter.method(:reconnect).owner
-    with_pg_connect(->(_kw) { :new_raw_connection }) { rails_reconnect.call }
+    with_pg_connect(->(_kw) { :new_raw_connection }) { adapter.send(:reconnect) }
     assert_equal [:reset], raw.calls
     assert_empty @logins, "the reset reused the old login; new_client was never asked"
-  end
-
-  def test_postgresql_without_the_key_keeps_rails_reset
-    skip "7.1+ only" unless AR71
-    raw = RecordingRawConnection.new
-    adapter = PGA.new(adapter: "postgresql", host: "127.0.0.1", port: 1, database: "app")
-    adapter.instance_variable_set(:@raw_connection, raw)
-    adapter.send(:reconnect)
-    assert_equal [:reset], raw.calls
   end
 
   # --- the retry budget across ActiveRecord's own reconnect! retry ------------------------------------
@@ -176,7 +190,7 @@ class AdapterPathsTest < Minitest::Test
   def test_trilogy_adapter_gets_the_files_credentials_through_its_load_hook
     skip "trilogy is in ActiveRecord from 7.1" unless AR71
     seen = nil
-    with_trilogy(->(opts) { seen = opts; raise Trilogy::ConnectionError, "connection refused" }) do
+    with_trilogy(->(opts) { seen = opts; raise Trilogy::BaseConnectionError, "connection refused" }) do
       adapter = ActiveRecord::ConnectionAdapters::TrilogyAdapter.new(settings_config("trilogy"))
       assert_raises(ActiveRecord::ConnectionNotEstablished) { adapter.connect! }
     end
@@ -190,7 +204,8 @@ class AdapterPathsTest < Minitest::Test
       config = settings_config("trilogy", secrets_sidecar: { "file" => @file, "url" => url })
       denied = lambda do |opts|
         @logins << opts[:password]
-        raise Trilogy::ProtocolError.new("1045: Access denied for user 'app'@'localhost'", 1045)
+        # What trilogy raises for a refused login: ProtocolError.from_code → a BaseConnectionError.
+        raise Trilogy::ProtocolError.from_code("Access denied for user 'app'@'localhost'", 1045)
       end
       with_trilogy(denied) do
         adapter = ActiveRecord::ConnectionAdapters::TrilogyAdapter.new(config)
@@ -199,6 +214,35 @@ class AdapterPathsTest < Minitest::Test
       end
     end
     assert_equal ["file-pw", "wrong-1", "wrong-2"], @logins
+  end
+
+  # An IAM token through the real TrilogyAdapter: ActiveRecord turns the hook's "verify_identity" into the
+  # driver's constant, which must be the value trilogy's C code reads as TRILOGY_SSL_VERIFY_IDENTITY (1 in
+  # trilogy 2.9's inc/trilogy/socket.h), not the stand-in's own idea of it.
+  def test_trilogy_gets_the_drivers_verify_identity_for_an_iam_token
+    skip "trilogy is in ActiveRecord from 7.1" unless AR71
+    token = "db.internal:3306/?Action=connect&DBUser=app&X-Amz-Signature=#{'ab' * 32}"
+    publish(@file, "username" => "app", "password" => token)
+    seen = nil
+    with_trilogy(->(opts) { seen = opts; raise Trilogy::BaseConnectionError, "connection refused" }) do
+      config = settings_config("trilogy", host: "db.internal",
+                                          secrets_sidecar: { "file" => @file, "ca_file" => "/ca.pem" })
+      adapter = ActiveRecord::ConnectionAdapters::TrilogyAdapter.new(config)
+      assert_raises(ActiveRecord::ConnectionNotEstablished) { adapter.connect! }
+    end
+    assert_equal [1, true, "/ca.pem", true], seen.values_at(:ssl_mode, :ssl, :ssl_ca, :enable_cleartext_plugin)
+  end
+
+  # --- mysql2 reconnect: true ---------------------------------------------------------------------------
+
+  def test_mysql2_reconnect_true_is_turned_off_for_hooked_connections_with_one_warning
+    seen = []
+    with_mysql2_client(->(opts) { seen << opts; Struct.new(:query_options).new({}) }) do
+      2.times { ActiveRecord::ConnectionAdapters::Mysql2Adapter.new_client(settings_config("mysql2", reconnect: true)) }
+      ActiveRecord::ConnectionAdapters::Mysql2Adapter.new_client(adapter: "mysql2", host: "h", reconnect: true)
+    end
+    assert_equal [false, false, true], seen.map { |o| o[:reconnect] }, "only connections without the hook keep it"
+    assert_equal 1, @log.string.scan("reconnect: true is ignored").size
   end
 
   private

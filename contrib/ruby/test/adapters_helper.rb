@@ -9,7 +9,7 @@
 # * trilogy (7.1+): the real TrilogyAdapter loads against the stand-in driver in stand_in/trilogy.rb, as
 #   no Debian release packages the trilogy gem.
 require "active_record"
-require "secrets_sidecar/active_record"
+require_relative "../lib/secrets_sidecar/active_record"
 
 AR71 = ActiveRecord.gem_version >= Gem::Version.new("7.1")
 
@@ -17,11 +17,16 @@ ActiveRecord.const_get(:Base) # runs on_load(:active_record)
 require "active_record/connection_adapters/mysql2_adapter"
 require "active_record/connection_adapters/postgresql_adapter"
 if AR71
-  $LOAD_PATH.unshift(File.join(__dir__, "stand_in"))
-  # trilogy_adapter.rb starts with `gem "trilogy", "~> 2.7"`, which would look for an installed gem.
+  require_relative "stand_in/trilogy"
+  # trilogy_adapter.rb starts with `gem "trilogy", "~> 2.7"` and `require "trilogy"`, which would look for
+  # an installed gem: the stand-in above is that gem here.
   Kernel.prepend(Module.new do
     def gem(name, *requirements)
       name == "trilogy" ? true : super
+    end
+
+    def require(name)
+      name == "trilogy" ? false : super
     end
   end)
   require "active_record/connection_adapters/trilogy_adapter"

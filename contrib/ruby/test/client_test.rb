@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "test_helper"
+require_relative "test_helper"
 
 class ClientTest < Minitest::Test
   include SecretsSidecarTestHelpers
@@ -76,5 +76,42 @@ class ClientTest < Minitest::Test
 
   def test_rejects_non_http_url
     assert_raises(ArgumentError) { SecretsSidecar::Client.new("/secrets/db.json") }
+  end
+
+  # A timeout bounds the whole call, and a GET that runs out of time is not sent again (Net::HTTP repeats an
+  # idempotent request once after a read timeout by default: twice the wait).
+  def test_a_call_with_a_timeout_ends_by_it_however_slow_the_sidecar_and_is_sent_once
+    server = TCPServer.new("127.0.0.1", 0)
+    received = Queue.new
+    acceptor = Thread.new do
+      loop do
+        sock = server.accept
+        Thread.new(sock) do |s|
+          line = s.gets
+          nil while (h = s.gets) && h != "\r\n"
+          received << line.split(" ").first(2)
+          sleep 5 # never answers in time
+        ensure
+          s.close
+        end
+      end
+    end
+    c = SecretsSidecar::Client.new("http://127.0.0.1:#{server.addr[1]}/v1/secrets/db")
+    %i[refresh pending current].each do |call|
+      t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      err = assert_raises(SecretsSidecar::EndpointError) { c.public_send(call, timeout: 0.3) }
+      elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+      assert_includes err.message, "Net::ReadTimeout"
+      assert_operator elapsed, :>=, 0.3
+      assert_operator elapsed, :<, 0.6, "#{call} took #{elapsed.round(2)} s with a 0.3 s timeout"
+    end
+    sleep 0.2
+    seen = []
+    seen << received.pop until received.empty?
+    assert_equal [["POST", "/v1/secrets/db/refresh"], ["GET", "/v1/secrets/db?stage=AWSPENDING"], ["GET", "/v1/secrets/db"]],
+                 seen, "each call sent exactly once"
+  ensure
+    acceptor&.kill
+    server&.close
   end
 end

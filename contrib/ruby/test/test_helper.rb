@@ -7,7 +7,7 @@ require "fileutils"
 require "json"
 require "logger"
 require "stringio"
-require "secrets_sidecar"
+require_relative "../lib/secrets_sidecar"
 
 module SecretsSidecarTestHelpers
   PASSWORD = "s3cr3t-Pa55word-Never-Shown"

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
-# secrets_sidecar/active_record: requiring this file installs the hook; nothing else to call.
+# secrets_sidecar/active_record: the ActiveRecord hook. Requiring this file installs it (in a Rails app the
+# gem's Railtie requires it when ActiveRecord loads); nothing else to call.
 #
 # Rails reads database.yml once at boot, so a rotated password would only be seen after a redeploy. Every
 # new connection and every reconnect goes through the adapter's class method `new_client` (Rails 6.1–8.x,
@@ -16,83 +17,93 @@
 #     token_file: /secrets/.token                 # optional, with url
 #     ca_file: /rds-ca/global-bundle.pem          # for RDS IAM entries: the CA bundle to verify the server
 #
-# RDS IAM authentication: when the file holds an IAM auth token instead of a password (a sidecar
-# `rds-iam://` entry), the hook sends it only over TLS to a verified server: mysql2 gets
-# `ssl_mode: verify_identity`, `sslca` and, with libmysqlclient, `enable_cleartext_plugin` (the token
-# travels as a cleartext password, as RDS requires; MariaDB Connector/C always allows it), trilogy `ssl_mode: verify_identity`, `ssl_ca` and `enable_cleartext_plugin`,
-# pg `sslmode: verify-full` and `sslrootcert`. A CA the config already names wins over `ca_file`; a TLS
-# setting in the config that is weaker than full verification is refused with InsecureTransport, before
-# the token is sent anywhere.
-#
-# The `secrets_sidecar` key never reaches the driver.
+# The `secrets_sidecar` key never reaches the driver. An RDS IAM token (a sidecar `rds-iam://` entry) is sent
+# only where the driver will check the server's certificate chain and name: see active_record/iam_tls.rb.
 #
 # Where the hook goes, by version (see the adapter sources):
 # * mysql2/trilogy: `new_client(config)` receives the adapter's config, key included. Load hook
 #   :active_record_mysql2adapter / :active_record_trilogyadapter from 7.1; before that we require the adapter.
 # * postgresql: `new_client(conn_params)` receives libpq parameters, already sliced to libpq's keys, so the
-#   `secrets_sidecar` key is gone. 6.1/7.0 build them in `ActiveRecord::Base.postgresql_connection` and call
-#   new_client right there; 7.1+ build them in the adapter's initialize and connect lazily. We carry the
-#   settings on the parameter hash object itself (an instance variable, invisible to libpq), set from
-#   postgresql_connection (6.1/7.0) or from the adapter's initialize (7.1+), so reconnects (which call
-#   new_client(@connection_parameters) again) find them.
-# * postgresql reconnects: the adapter's `reconnect!` (6.1/7.0) or `reconnect` (7.1+) first calls libpq's
-#   `PG::Connection#reset`, which logs in again with the options of the original login, password included,
-#   and reaches new_client only when that fails. After a rotation every reconnect would first send the
-#   rotated-out password (a failed-authentication event on the server; or, while the old password still
-#   works, a session that silently stays on it). For a connection that uses the hook, the raw connection
-#   is closed first, so the adapter's own fallback (`rescue PG::ConnectionBad` → connect) opens a fresh one
-#   through new_client, with the file's credentials. A reset costs the same new login; nothing is lost.
+#   `secrets_sidecar` key is gone. Every call comes from one of two places that still hold the whole config:
+#   `ActiveRecord::Base.postgresql_connection(config)` (6.1/7.0, a new connection) and the adapter's private
+#   `connect` (every version: 7.1+ connects lazily, and reconnects end there). Both are wrapped to hand the
+#   settings to new_client for the length of the call, in a thread-local.
+#
+# What ActiveRecord does on its own, changed for connections that use the hook:
+# * PostgreSQL reconnects (one guard, every version): the adapter's reconnect first calls libpq's
+#   `PG::Connection#reset`, which logs in again with the first login's options, password included, and
+#   reaches new_client only when that fails. After a rotation every reconnect would send the rotated-out
+#   password first. The connections the hook opens get a `reset` that closes the connection and raises
+#   PG::ConnectionBad, which is exactly the failure both versions answer with `connect` → new_client → the
+#   file's credentials. A reset is a new login too: nothing is lost.
+# * PostgreSQL 6.1/7.0's statement pool keeps the PG::Connection object it was built with, to DEALLOCATE
+#   evicted prepared statements on it; a reconnect through `connect` makes a new object, so every eviction
+#   after it would go to the closed one and the server would keep every statement ever prepared. The pool is
+#   rebuilt on the new connection (the old session's statements died with it). 7.1+ pools hold the adapter.
+# * mysql2 `reconnect: true`: libmariadb then logs in again by itself when it finds the connection gone,
+#   with the first login's password and outside any Ruby code; after a rotation that is a login with a
+#   rotated-out password. The hook passes `reconnect: false` and warns once; ActiveRecord's own reconnect
+#   (verify on checkout, 7.1+'s retry of a failed read) goes through the hook instead.
 # * the retry budget: ActiveRecord 7.1+ `AbstractAdapter#reconnect!` retries any ConnectionNotEstablished
 #   `connection_retries` times (default 1), and every login error the hook re-raises is one, so the hook's
-#   whole loop would run again (6 logins, ~5 s). `reconnect!` is wrapped to open a Budget shared by the
-#   hook's calls within it: once the hook has given up, Rails' retry gets the same error at once, without
-#   a login. A retry after an error that is not an authentication failure (a killed connection, a refused
-#   TCP connect) still connects normally, within the same 3 logins.
+#   whole loop would run again. `reconnect!` is wrapped to open a Budget shared by the hook's calls within
+#   it: once the hook has given up, Rails' retry gets the same error at once, without a login.
+#
+# The failure budget: at most MAX_ATTEMPTS logins per connection, and one deadline, RETRY_BUDGET seconds
+# after the first refused login, for everything after it: every call to the sidecar gets the time left as
+# its timeout (Client#refresh(timeout:)), every backoff sleeps at most that long, and nothing new starts
+# once it has passed. So the app gets the original error within RETRY_BUDGET of the first refusal (plus a
+# login already under way) however slowly the sidecar answers.
+#
+# Instrumentation (ActiveSupport::Notifications, names ending in ".secrets_sidecar"; payloads hold paths,
+# a URL, a user name, counts and class names, never a password or token):
+# * refresh.secrets_sidecar — the hook asked the sidecar to refresh after a refused login. Payload: file, url,
+#   adapter, outcome ("changed", "unchanged", "rotation_in_progress" or "failed"), error_class when failed.
+# * pending_credentials.secrets_sidecar — a connection was opened with the AWSPENDING credentials. Payload:
+#   file, adapter, username, remembered (true when reused from an earlier connection of this rotation).
+# * gave_up.secrets_sidecar — no credentials worked; the original error goes to the app. Payload: file,
+#   adapter, attempts, seconds (since the first refused login), error_class.
 
 require "active_record"
-require "secrets_sidecar"
+require_relative "../secrets_sidecar"
 
 module SecretsSidecar
   module ActiveRecord
     CONFIG_KEY = "secrets_sidecar"
     # Attempts per new connection, including the first.
     MAX_ATTEMPTS = 3
-    # Wall-clock budget for the retries after the first failure (the issue asks for under 3 s in all).
+    # Seconds from the first refused login to the deadline of everything after it.
     RETRY_BUDGET = 2.5
     BACKOFF = [0.2, 0.5, 1.0].freeze
+    # A call to the sidecar is not started with less time than this left: it could not answer in time.
+    MIN_CALL_TIME = 0.05
     MYSQL_ACCESS_DENIED = 1045
     PG_INVALID_PASSWORD = "28P01"
     PG_AUTH_MESSAGE = /password authentication failed|authentication failed for user/i.freeze
-    PG_SETTINGS_IVAR = :@__secrets_sidecar_settings
+    EVENT_SUFFIX = ".secrets_sidecar"
 
     BUDGET_KEY = :__secrets_sidecar_budget
+    PG_SETTINGS_KEY = :__secrets_sidecar_pg_settings
 
     # Raised instead of a bare errno when the credentials cannot be read. A ConnectionNotEstablished, so
     # ActiveRecord and apps treat it as what it is.
     class CredentialsUnavailable < ::ActiveRecord::ConnectionNotEstablished; end
 
-    # An RDS IAM token would go out without TLS, or to an unverified server. Raised before any login.
+    # An RDS IAM token would go out without TLS, or to a server the driver would not fully verify. Raised
+    # before any login; the message names the driver, its version and the fix.
     class InsecureTransport < ::ActiveRecord::ConnectionNotEstablished; end
 
-    # What each driver needs to send an IAM token safely: [TLS mode key, the only acceptable modes (first =
-    # what the hook sets), CA key, extra options].
-    IAM_TLS = {
-      # enable_cleartext_plugin is added for libmysqlclient only (see mysql2_cleartext_option?).
-      mysql2: [:ssl_mode, %w[verify_identity verify_ca], :sslca, {}],
-      trilogy: [:ssl_mode, %w[verify_identity verify_ca], :ssl_ca, { ssl: true, enable_cleartext_plugin: true }],
-      postgresql: [:sslmode, %w[verify-full verify-ca], :sslrootcert, {}],
-    }.freeze
-
-    # The logins one new connection may cost: at most MAX_ATTEMPTS, retries within RETRY_BUDGET seconds of
-    # the first refused login. One Budget lives for one `connect`, or for one `reconnect!` on ActiveRecord
-    # 7.1+, whose own retry calls `connect` again (see ReconnectBudget).
+    # The logins one new connection may cost (MAX_ATTEMPTS) and its deadline (RETRY_BUDGET after the first
+    # refused login). One Budget lives for one `connect`, or for one `reconnect!` on ActiveRecord 7.1+,
+    # whose own retry calls `connect` again (see ReconnectBudget).
     class Budget
-      attr_reader :attempts, :first_error, :deadline
+      attr_reader :attempts, :first_error, :deadline, :first_refusal_at
 
       def initialize
         @attempts = 0
         @refused = []
         @first_error = nil
+        @first_refusal_at = nil
         @deadline = nil
         @gave_up = false
       end
@@ -105,11 +116,17 @@ module SecretsSidecar
       def refused(creds, error, now)
         @refused << creds
         @first_error ||= error
+        @first_refusal_at ||= now
         @deadline ||= now + RETRY_BUDGET
       end
 
       def refused?(creds)
         @refused.any? { |r| r.same_login?(creds) }
+      end
+
+      # Seconds left until the deadline (nil before the first refusal; never below zero).
+      def time_left(now)
+        @deadline && [@deadline - now, 0.0].max
       end
 
       def spent?
@@ -132,27 +149,26 @@ module SecretsSidecar
 
     # Parsed `secrets_sidecar:` block. Holds paths and a URL, no secret.
     class Settings
+      KEYS = %w[file url token_file ca_file].freeze
       attr_reader :file, :url, :token_file, :ca_file
 
       def self.from(value)
         return nil if value.nil?
         unless value.respond_to?(:to_hash)
           raise ArgumentError, "secrets_sidecar: the `secrets_sidecar` connection option must be a hash " \
-                               "with `file` (and optionally `url`, `token_file`)"
+                               "with `file` (and optionally `url`, `token_file`, `ca_file`)"
         end
         h = value.to_hash.each_with_object({}) { |(k, v), acc| acc[k.to_s] = v }
-        unknown = h.keys - %w[file url token_file ca_file]
+        unknown = h.keys - KEYS
         unless unknown.empty?
           raise ArgumentError, "secrets_sidecar: unknown key(s) #{unknown.join(', ')} in `secrets_sidecar` " \
-                               "(known: file, url, token_file, ca_file)"
+                               "(known: #{KEYS.join(', ')})"
         end
         file = h["file"].to_s
         raise ArgumentError, "secrets_sidecar: `secrets_sidecar.file` is required" if file.empty?
 
-        url = h["url"].to_s
-        token_file = h["token_file"].to_s
-        ca_file = h["ca_file"].to_s
-        new(file, url.empty? ? nil : url, token_file.empty? ? nil : token_file, ca_file.empty? ? nil : ca_file)
+        url, token_file, ca_file = h.values_at("url", "token_file", "ca_file").map { |v| v.to_s.empty? ? nil : v.to_s }
+        new(file, url, token_file, ca_file)
       end
 
       def initialize(file, url, token_file, ca_file = nil)
@@ -204,11 +220,16 @@ module SecretsSidecar
         end
       end
 
+      # Returns true when these were AWSPENDING credentials remembered from an earlier connection.
       def succeeded(creds)
-        return unless creds.source == :pending
+        return false unless creds.source == :pending
 
         identity = @file.identity
-        @mutex.synchronize { @pending_memo = [identity, creds] }
+        @mutex.synchronize do
+          remembered = !@pending_memo.nil? && @pending_memo[1].same_login?(creds)
+          @pending_memo = [identity, creds]
+          remembered
+        end
       end
 
       def failed(creds)
@@ -253,22 +274,38 @@ module SecretsSidecar
       # For tests: forget every cached file and memo.
       def reset!
         @sources_mutex.synchronize { @sources.clear }
+        @warned_once_mutex.synchronize { @warned_once.clear }
       end
 
       # The connection config with credentials applied. kind :mysql2, :trilogy (username/database) or
       # :postgresql (libpq names: user/dbname). The secret's host/port/database fill only what the config
-      # leaves out. An RDS IAM token also gets the driver's TLS settings (see the header).
+      # leaves out. An RDS IAM token also gets the driver's TLS settings (IamTls), or InsecureTransport.
       def apply(config, creds, kind, settings = nil)
         user_key, db_key = kind == :postgresql ? %i[user dbname] : %i[username database]
-        out = strip(config)
-        out = out.transform_keys(&:to_sym)
+        out = strip(config).transform_keys(&:to_sym)
         out[user_key] = creds.username if creds.username
         out[:password] = creds.password
         out[:host] = creds.host if blank?(out[:host]) && creds.host && blank?(out[:socket])
         out[:port] = creds.port if blank?(out[:port]) && creds.port
         out[db_key] = creds.dbname if blank?(out[db_key]) && creds.dbname
-        require_tls(out, kind, settings) if creds.iam_token?
+        if creds.iam_token?
+          tls = IamTls.options(kind, out, settings&.ca_file)
+          out.merge!(tls) { |_key, own, ours| blank?(own) ? ours : own }
+        end
+        out = mysql2_without_auto_reconnect(out, settings) if kind == :mysql2
         out
+      end
+
+      # libmariadb's `reconnect: true` logs in again by itself, with the first login's password, outside
+      # any Ruby code (see the header): off for connections that use the hook, with a warning once.
+      def mysql2_without_auto_reconnect(out, settings)
+        return out unless out[:reconnect]
+
+        warn_once(:mysql2_reconnect, "reconnect: true is ignored for connections that use the hook: libmariadb " \
+                                     "would log in again by itself with the first login's password (after a " \
+                                     "rotation, a rotated-out one); ActiveRecord reconnects through the hook " \
+                                     "instead (#{settings&.file})")
+        out.merge(reconnect: false)
       end
 
       # True when the error (or any error in its cause chain) is an authentication failure: MySQL/MariaDB
@@ -312,15 +349,14 @@ module SecretsSidecar
           if creds.nil?
             break if budget.first_error.nil? || budget.spent?
 
-            creds = discover(source, budget, round)
+            creds = discover(source, budget, round, kind)
             round += 1
             break unless creds
           end
           budget.attempted
           begin
             client = yield apply(config, creds, kind, settings)
-            source.succeeded(creds)
-            recovered(settings, creds, budget.attempts) if budget.first_error
+            succeeded(source, creds, kind, budget)
             return client
           rescue StandardError => e
             raise unless auth_failure?(e)
@@ -334,9 +370,7 @@ module SecretsSidecar
         end
         raise CredentialsUnavailable, "secrets_sidecar: no credentials to try (#{settings.file})" unless budget.first_error
 
-        budget.give_up!
-        warn("giving up after #{budget.attempts} attempt(s); raising the original error (#{settings.file})")
-        raise budget.first_error
+        give_up(settings, kind, budget)
       end
 
       # Runs the block with one Budget for every connect inside it (ReconnectBudget). Nested calls share
@@ -350,6 +384,40 @@ module SecretsSidecar
         ensure
           Thread.current[BUDGET_KEY] = nil
         end
+      end
+
+      # The settings of the PostgreSQL connection being opened on this thread, for new_client (whose libpq
+      # parameters no longer carry them). Set by with_pg_settings around the calls that lead to it.
+      def pg_settings
+        Thread.current[PG_SETTINGS_KEY]
+      end
+
+      def with_pg_settings(settings)
+        previous = Thread.current[PG_SETTINGS_KEY]
+        Thread.current[PG_SETTINGS_KEY] = settings
+        begin
+          yield
+        ensure
+          Thread.current[PG_SETTINGS_KEY] = previous
+        end
+      end
+
+      # The PostgreSQL reconnect guard (see the header): `raw` (a PG::Connection the hook opened) gets a
+      # `reset` that closes it and raises PG::ConnectionBad instead of logging in with its first password.
+      def guard_reset(raw)
+        raw.extend(FreshLoginOnReset)
+      end
+
+      # 6.1/7.0 only (see the header): after `connect` made a new PG::Connection, a statement pool built on it.
+      def repoint_statement_pool(adapter)
+        return if STATEMENT_POOL_HOLDS_ADAPTER
+
+        adapter.instance_variable_set(:@statements, adapter.send(:build_statement_pool))
+      end
+
+      # The timeout of the next call to the sidecar: the time left before the budget's deadline.
+      def call_timeout(budget)
+        budget.time_left(monotonic)
       end
 
       # MariaDB Connector/C loads its clear-password plugin on the first login that needs it, and two
@@ -377,19 +445,12 @@ module SecretsSidecar
       private
 
       # Finds credentials not yet tried: ask the sidecar to refresh, re-read the file, and during a rotation
-      # the AWSPENDING value. Sleeps with backoff between rounds while the budget lasts. nil: nothing new.
-      def discover(source, budget, round)
-        deadline = budget.deadline
+      # the AWSPENDING value. Sleeps with backoff between rounds. Every call and sleep ends by the budget's
+      # deadline; nil: nothing new before it.
+      def discover(source, budget, round, kind)
+        fresh = ->(c) { c && !budget.refused?(c) }
         loop do
-          fresh = ->(c) { c && !budget.refused?(c) }
-          answer = nil
-          if source.client
-            begin
-              answer = source.client.refresh
-            rescue SecretsSidecar::Error => e
-              warn("refresh failed: #{e.message}")
-            end
-          end
+          answer = source.client && within_deadline(budget) { |t| refresh(source, kind, t) }
           begin
             current = source.file.read
             return current if fresh.call(current)
@@ -399,62 +460,76 @@ module SecretsSidecar
           if answer
             if answer["changed"]
               # The sidecar has a new AWSCURRENT; the file may lag behind its answer by a moment.
-              current = safe { source.client.current }
+              current = within_deadline(budget) { |t| safe { source.client.current(timeout: t) } }
               return current if fresh.call(current)
             end
             if answer["rotation_in_progress"]
-              pending = safe { source.client.pending }
+              pending = within_deadline(budget) { |t| safe { source.client.pending(timeout: t) } }
               return pending if fresh.call(pending)
             end
           end
           pause = BACKOFF[[round, BACKOFF.size - 1].min]
           round += 1
-          remaining = deadline - monotonic
-          return nil if remaining <= 0.05
+          left = budget.time_left(monotonic)
+          return nil if left <= MIN_CALL_TIME
 
-          sleep([pause, remaining].min)
-          return nil if monotonic >= deadline
+          sleep([pause, left].min)
+          return nil if budget.time_left(monotonic) <= 0
         end
       end
 
-      # Sets (or checks) the driver's TLS options for an IAM token; raises InsecureTransport naming the
-      # setting when the config asks for less than a verified server.
-      def require_tls(out, kind, settings)
-        mode_key, modes, ca_key, extra = IAM_TLS.fetch(kind)
-        mode = out[mode_key]
-        if blank?(mode)
-          out[mode_key] = modes.first
-        elsif !modes.include?(mode.to_s.downcase)
-          raise InsecureTransport, "secrets_sidecar: refusing to send an RDS IAM token with #{mode_key}: " \
-                                   "#{mode.to_s.inspect}; IAM authentication needs a verified TLS connection " \
-                                   "(#{mode_key}: #{modes.join(' or ')}, or leave it unset)"
-        end
-        if blank?(out[ca_key])
-          ca = settings&.ca_file
-          if blank?(ca)
-            raise InsecureTransport, "secrets_sidecar: an RDS IAM token needs the CA bundle to verify the " \
-                                     "server: set secrets_sidecar.ca_file (or #{ca_key}) to the RDS CA bundle, " \
-                                     "e.g. /rds-ca/global-bundle.pem"
-          end
-          out[ca_key] = ca
-        end
-        extra = extra.merge(enable_cleartext_plugin: true) if kind == :mysql2 && mysql2_cleartext_option?
-        out.merge!(extra) { |_key, own, _ours| own }
-        if extra.key?(:enable_cleartext_plugin) && out[:enable_cleartext_plugin] != true
-          raise InsecureTransport, "secrets_sidecar: an RDS IAM token is sent with the cleartext plugin; " \
-                                   "enable_cleartext_plugin: #{out[:enable_cleartext_plugin].inspect} forbids it"
-        end
-        out
+      # Yields the timeout for one call to the sidecar, or returns nil without calling when too little
+      # time is left for it.
+      def within_deadline(budget)
+        timeout = call_timeout(budget)
+        return nil if timeout && timeout < MIN_CALL_TIME
+
+        yield timeout
       end
 
-      # Whether mysql2 needs `enable_cleartext_plugin` to send the token: with Oracle's libmysqlclient it
-      # does; with MariaDB Connector/C (what Debian's mysql2 links, client version 3.x) the clear-password
-      # plugin is built in and always allowed, and setting the option makes every connection after the
-      # first fail ("Plugin mysql_clear_password could not be loaded: it is already loaded").
-      def mysql2_cleartext_option?
-        return true unless defined?(::Mysql2::Client) && ::Mysql2::Client.respond_to?(:info)
+      def refresh(source, kind, timeout)
+        payload = { file: source.settings.file, url: source.settings.url, adapter: kind.to_s }
+        instrument("refresh", payload) do
+          answer = source.client.refresh(timeout: timeout)
+          payload[:outcome] =
+            if answer["changed"] then "changed"
+            elsif answer["rotation_in_progress"] then "rotation_in_progress"
+            else "unchanged"
+            end
+          answer
+        rescue SecretsSidecar::Error => e
+          payload[:outcome] = "failed"
+          payload[:error_class] = e.class.name
+          warn("refresh failed: #{e.message}")
+          nil
+        end
+      end
 
-        !::Mysql2::Client.info[:version].to_s.start_with?("3.")
+      def succeeded(source, creds, kind, budget)
+        remembered = source.succeeded(creds)
+        if creds.source == :pending
+          instrument("pending_credentials", file: source.settings.file, adapter: kind.to_s,
+                                            username: creds.username, remembered: remembered)
+        end
+        return unless budget.first_error
+
+        msg = "connected with the #{describe(creds)} on attempt #{budget.attempts} (#{source.settings.file})"
+        msg += "; rotation in progress, remembering them until the file changes" if creds.source == :pending
+        logger&.warn("[secrets_sidecar] #{msg}")
+      end
+
+      def give_up(settings, kind, budget)
+        budget.give_up!
+        seconds = (monotonic - budget.first_refusal_at).round(3)
+        instrument("gave_up", file: settings.file, adapter: kind.to_s, attempts: budget.attempts,
+                              seconds: seconds, error_class: budget.first_error.class.name)
+        warn("giving up after #{budget.attempts} attempt(s) and #{seconds} s; raising the original error " \
+             "(#{settings.file})")
+        raise budget.first_error
+      end
+
+      def instrument(name, payload, &block)
+        ActiveSupport::Notifications.instrument("#{name}#{EVENT_SUFFIX}", payload, &block)
       end
 
       def safe
@@ -472,14 +547,13 @@ module SecretsSidecar
         end
       end
 
-      def recovered(settings, creds, attempts)
-        msg = "connected with the #{describe(creds)} on attempt #{attempts} (#{settings.file})"
-        msg += "; rotation in progress, remembering them until the file changes" if creds.source == :pending
-        logger&.warn("[secrets_sidecar] #{msg}")
-      end
-
       def warn(message)
         logger&.warn("[secrets_sidecar] #{message}")
+      end
+
+      def warn_once(key, message)
+        first = @warned_once_mutex.synchronize { @warned_once[key] ? false : (@warned_once[key] = true) }
+        warn(message) if first
       end
 
       def pg_auth_failure?(e)
@@ -506,6 +580,11 @@ module SecretsSidecar
     @sources_mutex = Mutex.new
     @cleartext_mutex = Mutex.new
     @cleartext_loaded = false
+    @warned_once = {}
+    @warned_once_mutex = Mutex.new
+
+    # From 7.1 the PostgreSQL statement pool holds the adapter and reaches the raw connection through it.
+    STATEMENT_POOL_HOLDS_ADAPTER = ::ActiveRecord.gem_version >= Gem::Version.new("7.1")
 
     # --- the hooks -----------------------------------------------------------------------------------
 
@@ -529,14 +608,21 @@ module SecretsSidecar
     # Prepended on PostgreSQLAdapter.singleton_class.
     module PostgresNewClient
       def new_client(conn_params)
-        settings = conn_params.instance_variable_get(PG_SETTINGS_IVAR) if conn_params
-        settings ||= Thread.current[:__secrets_sidecar_pg_settings]
+        settings = SecretsSidecar::ActiveRecord.pg_settings
         return super unless settings
 
-        if !conn_params.frozen? && conn_params.instance_variable_get(PG_SETTINGS_IVAR).nil?
-          conn_params.instance_variable_set(PG_SETTINGS_IVAR, settings)
+        SecretsSidecar::ActiveRecord.connect(conn_params, settings, :postgresql) do |params|
+          SecretsSidecar::ActiveRecord.guard_reset(super(params))
         end
-        SecretsSidecar::ActiveRecord.connect(conn_params, settings, :postgresql) { |params| super(params) }
+      end
+    end
+
+    # Extends each PG::Connection the hook opens (see guard_reset).
+    module FreshLoginOnReset
+      def reset(*)
+        SecretsSidecar::ActiveRecord.close_quietly(self)
+        raise ::PG::ConnectionBad, "secrets_sidecar: no reset with this connection's first password; " \
+                                   "reconnect through new_client"
       end
     end
 
@@ -547,25 +633,22 @@ module SecretsSidecar
         settings = SecretsSidecar::ActiveRecord.settings_from(config)
         return super unless settings
 
-        previous = Thread.current[:__secrets_sidecar_pg_settings]
-        Thread.current[:__secrets_sidecar_pg_settings] = settings
-        begin
-          super
-        ensure
-          Thread.current[:__secrets_sidecar_pg_settings] = previous
-        end
+        SecretsSidecar::ActiveRecord.with_pg_settings(settings) { super }
       end
     end
 
-    # Prepended on PostgreSQLAdapter for 7.1+, where connect is lazy and uses @connection_parameters.
-    module PostgresAdapterInit
-      def initialize(*args, **kwargs, &block)
-        super
+    # Prepended on PostgreSQLAdapter: its private `connect` (7.1+'s lazy connect, every version's reconnect
+    # fallback) calls new_client with @connection_parameters.
+    module PostgresConnect
+      private
+
+      def connect(*args, **kwargs)
         settings = SecretsSidecar::ActiveRecord.settings_from(@config)
-        params = @connection_parameters
-        if settings && params.is_a?(Hash) && !params.frozen?
-          params.instance_variable_set(PG_SETTINGS_IVAR, settings)
-        end
+        return super unless settings
+
+        result = SecretsSidecar::ActiveRecord.with_pg_settings(settings) { super }
+        SecretsSidecar::ActiveRecord.repoint_statement_pool(self)
+        result
       end
     end
 
@@ -574,30 +657,6 @@ module SecretsSidecar
     module ReconnectBudget
       def reconnect!(*args, **kwargs)
         SecretsSidecar::ActiveRecord.with_budget { super }
-      end
-    end
-
-    # Prepended on PostgreSQLAdapter 7.1+: its private `reconnect` calls `@raw_connection.reset` (the old
-    # password) before `connect`. Without a raw connection it goes straight to `connect` → new_client.
-    module PostgresReconnect
-      private
-
-      def reconnect
-        if SecretsSidecar::ActiveRecord.settings_from(@config)
-          SecretsSidecar::ActiveRecord.close_quietly(@raw_connection)
-          @raw_connection = nil
-        end
-        super
-      end
-    end
-
-    # Prepended on PostgreSQLAdapter 6.1/7.0: `reconnect!` calls `@connection.reset` and falls back to
-    # `connect` (→ new_client) on PG::ConnectionBad, which a closed connection's reset raises at once,
-    # without contacting the server.
-    module PostgresReconnectBang
-      def reconnect!(*args, **kwargs)
-        SecretsSidecar::ActiveRecord.close_quietly(@connection) if SecretsSidecar::ActiveRecord.settings_from(@config)
-        super
       end
     end
 
@@ -613,22 +672,11 @@ module SecretsSidecar
         return if adapter_class.singleton_class.include?(PostgresNewClient)
 
         adapter_class.singleton_class.prepend(PostgresNewClient)
-        if ::ActiveRecord.gem_version >= Gem::Version.new("7.1")
-          adapter_class.prepend(PostgresAdapterInit)
-        elsif ::ActiveRecord::Base.respond_to?(:postgresql_connection)
+        adapter_class.prepend(PostgresConnect)
+        if !STATEMENT_POOL_HOLDS_ADAPTER && ::ActiveRecord::Base.respond_to?(:postgresql_connection)
           ::ActiveRecord::Base.singleton_class.prepend(PostgresConnectionHandling)
         end
-        install_reconnect_guard(adapter_class)
         install_reconnect_budget(adapter_class)
-      end
-
-      # Never let libpq's reset log in with the password of a connection's first login (see the header).
-      def install_reconnect_guard(adapter_class)
-        if adapter_class.private_method_defined?(:reconnect, false)
-          adapter_class.prepend(PostgresReconnect)
-        else
-          adapter_class.prepend(PostgresReconnectBang)
-        end
       end
 
       # One retry budget per reconnect!, across ActiveRecord 7.1+'s own retries (see the header).
@@ -694,3 +742,5 @@ module SecretsSidecar
     end
   end
 end
+
+require_relative "active_record/iam_tls"
