@@ -13,6 +13,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::{AWSCURRENT, FetchError, Fetched, Labels, Operation};
 use crate::secret::SecretValue;
@@ -104,11 +105,11 @@ fn to_fetched(
     Ok(Fetched { version_id, value, binary })
 }
 
-/// Maps an SDK failure to what the poller needs to decide: retry soon, or wait, and what to report.
-fn classify<E, R>(operation: Operation, err: SdkError<E, R>) -> FetchError
+/// Maps an SDK failure to what the poller needs to decide: retry soon, or wait; ask another Region or not;
+/// and what to report.
+fn classify<E>(operation: Operation, err: SdkError<E, HttpResponse>) -> FetchError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     match &err {
         SdkError::TimeoutError(_) => return FetchError::Timeout,
@@ -124,6 +125,12 @@ where
         _ => {}
     }
     let code = err.code().unwrap_or("Unknown").to_owned();
+    // A server error is the service failing whatever its code says (`InternalServiceError`, or a front
+    // door's 503 the model does not know): retried soon, and a reason to ask a replica. Throttling is
+    // told apart by its code, as AWS sends it with a 400.
+    if let Some(status) = err.raw_response().map(|r| r.status()).filter(|s| s.is_server_error()) {
+        return FetchError::Unavailable { status: status.as_u16(), code };
+    }
     match code.as_str() {
         "ResourceNotFoundException" => FetchError::NotFound,
         "AccessDeniedException" | "AccessDenied" => FetchError::AccessDenied { operation },
@@ -169,18 +176,58 @@ mod tests {
     use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
     use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
 
     /// An error as Secrets Manager sends it on the wire (awsJson1.1), so the SDK's own parsing is tested too.
     fn aws_error(code: &'static str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
+        aws_error_status(400, code)
+    }
+
+    fn aws_error_status(status: u16, code: &'static str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
         move || {
             HttpResponse::new(
-                StatusCode::try_from(400).unwrap(),
+                StatusCode::try_from(status).unwrap(),
                 SdkBody::from(format!(r#"{{"__type":"{code}","message":"from the service"}}"#)),
             )
         }
+    }
+
+    /// A client that makes one attempt per call: the SDK's retries of 5xx and throttling answers are its
+    /// own business, and would only make these tests wait.
+    fn one_attempt(c: aws_sdk_secretsmanager::config::Builder) -> aws_sdk_secretsmanager::config::Builder {
+        c.retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+    }
+
+    /// `InternalServiceError` was the one server error taken as transient: a 503 with a code the model does
+    /// not know (a front door's) waited the whole interval, and a Region failing that way would never have
+    /// been a reason to ask its replica.
+    #[tokio::test]
+    async fn every_server_error_is_the_service_failing_whatever_its_code() {
+        let rules = [
+            mock!(Client::get_secret_value).then_http_response(aws_error_status(500, "InternalServiceError")),
+            mock!(Client::get_secret_value).then_http_response(aws_error_status(503, "ServiceUnavailable")),
+            mock!(Client::get_secret_value).then_http_response(aws_error_status(502, "Unknown")),
+            mock!(Client::get_secret_value).then_http_response(aws_error("ThrottlingException")),
+            mock!(Client::get_secret_value).then_http_response(aws_error("InvalidRequestException")),
+        ];
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, &rules, one_attempt);
+        let source = AwsSource::from_client(client);
+        let mut got = Vec::new();
+        for _ in &rules {
+            let e = source.get_current("db").await.unwrap_err();
+            got.push((e.is_regional(), e.to_string()));
+        }
+        assert_eq!(
+            got,
+            [
+                (true, "Secrets Manager failed with HTTP 500 (InternalServiceError)".to_owned()),
+                (true, "Secrets Manager failed with HTTP 503 (ServiceUnavailable)".to_owned()),
+                (true, "Secrets Manager failed with HTTP 502 (Unknown)".to_owned()),
+                (true, "throttled by Secrets Manager".to_owned()),
+                (false, "InvalidRequestException: from the service".to_owned()),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -114,6 +114,10 @@ pub enum FetchError {
     NoCurrentVersion,
     #[error("secret version has no value")]
     EmptyValue,
+    /// Secrets Manager answered with a server error (HTTP 5xx) after the SDK's own retries, whatever its
+    /// code: the service, not the request, is failing.
+    #[error("Secrets Manager failed with HTTP {status} ({code})")]
+    Unavailable { status: u16, code: String },
     #[error("{code}: {message}")]
     Service { code: String, message: String },
     #[error("dev secrets file: {0}")]
@@ -126,14 +130,19 @@ impl FetchError {
     /// Refused credentials count as transient: the usual cause is a credential refresh in progress; so do
     /// credentials that cannot be loaded: the endpoint that serves them comes back on its own.
     pub fn is_transient(&self) -> bool {
+        self.is_regional() || matches!(self, FetchError::NoCredentials(_) | FetchError::InvalidCredentials { .. })
+    }
+
+    /// Whether the failure says the Region's Secrets Manager is failing or overloaded — a server error,
+    /// throttling that outlasted the SDK's retries, a connection that failed or timed out — so that the
+    /// same call in another Region may well succeed. Credentials that cannot be loaded or are refused are
+    /// transient but not regional: the same credentials fail in every Region. A denial, a missing secret or
+    /// a key KMS will not use is an answer, not a failure: it is never regional.
+    pub fn is_regional(&self) -> bool {
         matches!(
             self,
-            FetchError::Throttled
-                | FetchError::Timeout
-                | FetchError::Network(_)
-                | FetchError::NoCredentials(_)
-                | FetchError::InvalidCredentials { .. }
-        ) || matches!(self, FetchError::Service { code, .. } if code == "InternalServiceError")
+            FetchError::Throttled | FetchError::Timeout | FetchError::Network(_) | FetchError::Unavailable { .. }
+        )
     }
 }
 
@@ -211,5 +220,32 @@ mod tests {
         assert!(!FetchError::NotFound.is_transient());
         assert!(!FetchError::AccessDenied { operation: Operation::GetSecretValue }.is_transient());
         assert!(FetchError::InvalidCredentials { code: "ExpiredTokenException".into() }.is_transient());
+        assert!(FetchError::Unavailable { status: 503, code: "ServiceUnavailable".into() }.is_transient());
+        assert!(!FetchError::Service { code: "InvalidRequestException".into(), message: "m".into() }.is_transient());
+    }
+
+    /// Only a failing Region is worth asking another: credentials fail everywhere alike, and an answer
+    /// (denied, missing, KMS) must not be hidden by a replica.
+    #[test]
+    fn regional_failures_are_the_service_failing_not_the_request_or_the_credentials() {
+        for regional in [
+            FetchError::Timeout,
+            FetchError::Throttled,
+            FetchError::Network("connection refused".into()),
+            FetchError::Unavailable { status: 500, code: "InternalServiceError".into() },
+        ] {
+            assert!(regional.is_regional() && regional.is_transient(), "{regional:?}");
+        }
+        for not in [
+            FetchError::NotFound,
+            FetchError::AccessDenied { operation: Operation::GetSecretValue },
+            FetchError::Decryption,
+            FetchError::NoCredentials("endpoint down".into()),
+            FetchError::InvalidCredentials { code: "ExpiredTokenException".into() },
+            FetchError::Service { code: "InvalidRequestException".into(), message: "m".into() },
+            FetchError::EmptyValue,
+        ] {
+            assert!(!not.is_regional(), "{not:?}");
+        }
     }
 }
