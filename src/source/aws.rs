@@ -2,6 +2,10 @@
 //! chains (env, ECS container credentials, web identity, IMDS; `AWS_ENDPOINT_URL_SECRETS_MANAGER`), so
 //! nothing here re-implements them.
 //!
+//! A secret with a replica is read through a second client for the replica's Region, made from the same
+//! configuration with only the Region changed: the same credentials, timeouts and retries, and the same
+//! endpoint override where one is set (one emulator serves every Region; the SigV4 scope names it).
+//!
 //! Every `GetSecretValue` names a `VersionId` or `VersionStage`: moto returns a stale value for a request
 //! that names neither after `UpdateSecretVersionStage` (docs/secrets-manager.md, "The emulator"), and naming it
 //! costs nothing on AWS.
@@ -11,11 +15,15 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::error::CredentialsError;
+use std::collections::BTreeMap;
+
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::Region;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::{AWSCURRENT, FetchError, Fetched, Labels, Operation};
+use crate::entry::Replica;
 use crate::secret::SecretValue;
 
 /// A hung TCP connect must not stall a poll loop; ECS endpoints answer in milliseconds.
@@ -34,7 +42,11 @@ pub enum SetupError {
 }
 
 pub struct AwsSource {
+    /// The SDK's Region's client.
     client: Client,
+    region: Option<String>,
+    /// A client per Region that holds a replica of a configured secret.
+    replicas: BTreeMap<String, Client>,
 }
 
 /// Loads the SDK configuration from the environment (credentials chain, region), with our timeouts.
@@ -56,19 +68,56 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> Result<aws_config::SdkCon
 }
 
 impl AwsSource {
-    pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Self {
-        AwsSource { client: Client::new(sdk) }
+    /// The SDK's Region's client, and one for each of `replica_regions`.
+    pub fn from_sdk<'a>(sdk: &aws_config::SdkConfig, replica_regions: impl IntoIterator<Item = &'a str>) -> Self {
+        let replicas = replica_regions
+            .into_iter()
+            .map(|r| {
+                let conf = aws_sdk_secretsmanager::config::Builder::from(sdk).region(Region::new(r.to_owned())).build();
+                (r.to_owned(), Client::from_conf(conf))
+            })
+            .collect();
+        AwsSource { client: Client::new(sdk), region: sdk.region().map(|r| r.to_string()), replicas }
     }
 
-    /// Wraps a ready client: `aws-smithy-mocks`'s, in tests.
+    /// Wraps ready clients, the first for `region` and the others for their replicas' Regions:
+    /// `aws-smithy-mocks`'s, in tests.
+    #[cfg(test)]
+    pub fn from_clients(
+        client: Client,
+        region: &str,
+        replicas: impl IntoIterator<Item = (&'static str, Client)>,
+    ) -> Self {
+        let replicas = replicas.into_iter().map(|(r, c)| (r.to_owned(), c)).collect();
+        AwsSource { client, region: Some(region.to_owned()), replicas }
+    }
+
+    /// One client, for tests that need no Region.
     #[cfg(test)]
     pub fn from_client(client: Client) -> Self {
-        AwsSource { client }
+        Self::from_clients(client, "us-east-1", [])
     }
 
-    pub async fn describe(&self, secret_id: &str) -> Result<Labels, FetchError> {
-        let out = self
-            .client
+    /// The Region of the SDK's configuration: where a secret without a replica is read.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The client and the id to ask, for the secret `secret_id` or its `replica`.
+    fn target<'a>(&'a self, secret_id: &'a str, replica: Option<&'a Replica>) -> (&'a Client, &'a str) {
+        match replica {
+            None => (&self.client, secret_id),
+            Some(r) => {
+                // `run` makes a client for every replica's Region before any check.
+                let client = self.replicas.get(&r.region).expect("a client for every replica's Region");
+                (client, &r.secret_id)
+            }
+        }
+    }
+
+    pub async fn describe(&self, secret_id: &str, replica: Option<&Replica>) -> Result<Labels, FetchError> {
+        let (client, secret_id) = self.target(secret_id, replica);
+        let out = client
             .describe_secret()
             .secret_id(secret_id)
             .send()
@@ -78,13 +127,20 @@ impl AwsSource {
         Labels::from_stages(versions.iter()).ok_or(FetchError::NoCurrentVersion)
     }
 
-    pub async fn get_version(&self, secret_id: &str, version_id: &str) -> Result<Fetched, FetchError> {
-        let req = self.client.get_secret_value().secret_id(secret_id).version_id(version_id);
+    pub async fn get_version(
+        &self,
+        secret_id: &str,
+        replica: Option<&Replica>,
+        version_id: &str,
+    ) -> Result<Fetched, FetchError> {
+        let (client, secret_id) = self.target(secret_id, replica);
+        let req = client.get_secret_value().secret_id(secret_id).version_id(version_id);
         to_fetched(req.send().await.map_err(|e| classify(Operation::GetSecretValue, e))?)
     }
 
-    pub async fn get_current(&self, secret_id: &str) -> Result<Fetched, FetchError> {
-        let req = self.client.get_secret_value().secret_id(secret_id).version_stage(AWSCURRENT);
+    pub async fn get_current(&self, secret_id: &str, replica: Option<&Replica>) -> Result<Fetched, FetchError> {
+        let (client, secret_id) = self.target(secret_id, replica);
+        let req = client.get_secret_value().secret_id(secret_id).version_stage(AWSCURRENT);
         to_fetched(req.send().await.map_err(|e| classify(Operation::GetSecretValue, e))?)
     }
 }
@@ -215,7 +271,7 @@ mod tests {
         let source = AwsSource::from_client(client);
         let mut got = Vec::new();
         for _ in &rules {
-            let e = source.get_current("db").await.unwrap_err();
+            let e = source.get_current("db", None).await.unwrap_err();
             got.push((e.is_regional(), e.to_string()));
         }
         assert_eq!(
@@ -236,7 +292,7 @@ mod tests {
         let rule = mock!(Client::describe_secret).then_http_response(aws_error("AccessDeniedException"));
         let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
         assert_eq!(
-            source.describe("db").await.unwrap_err(),
+            source.describe("db", None).await.unwrap_err(),
             FetchError::AccessDenied { operation: Operation::DescribeSecret }
         );
     }
@@ -248,7 +304,7 @@ mod tests {
         for code in ["UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException"] {
             let rule = mock!(Client::describe_secret).then_http_response(aws_error(code));
             let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
-            let err = source.describe("db").await.unwrap_err();
+            let err = source.describe("db", None).await.unwrap_err();
             assert_eq!(err, FetchError::InvalidCredentials { code: code.into() });
             assert!(err.is_transient(), "{code}");
         }
@@ -285,10 +341,10 @@ mod tests {
         let other = mock!(Client::get_secret_value).then_http_response(aws_error("InvalidRequestException"));
         let source =
             AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&nf, &kms, &other]));
-        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::NotFound);
-        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::Decryption);
+        assert_eq!(source.get_current("db", None).await.unwrap_err(), FetchError::NotFound);
+        assert_eq!(source.get_current("db", None).await.unwrap_err(), FetchError::Decryption);
         assert_eq!(
-            source.get_current("db").await.unwrap_err(),
+            source.get_current("db", None).await.unwrap_err(),
             FetchError::Service { code: "InvalidRequestException".into(), message: "from the service".into() }
         );
     }
@@ -297,7 +353,7 @@ mod tests {
     async fn describe_without_current_version_is_an_error_not_a_panic() {
         let rule = mock!(Client::describe_secret).then_output(|| DescribeSecretOutput::builder().build());
         let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
-        assert_eq!(source.describe("db").await.unwrap_err(), FetchError::NoCurrentVersion);
+        assert_eq!(source.describe("db", None).await.unwrap_err(), FetchError::NoCurrentVersion);
     }
 
     #[tokio::test]
@@ -309,8 +365,8 @@ mod tests {
             .then_output(|| GetSecretValueOutput::builder().version_id("v2").secret_string("").build());
         let source =
             AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&named, &empty]));
-        let got = source.get_current("db").await.unwrap();
+        let got = source.get_current("db", None).await.unwrap();
         assert_eq!((got.version_id.as_str(), got.value.expose()), ("v1", &br#"{"a":1}"#[..]));
-        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::EmptyValue);
+        assert_eq!(source.get_current("db", None).await.unwrap_err(), FetchError::EmptyValue);
     }
 }

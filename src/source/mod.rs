@@ -2,13 +2,15 @@
 //! ([`dev`]). Both answer the same three questions, so the refresh logic in [`crate::poller`] exists once:
 //! which version carries each label ([`Source::describe`]), the value of one version
 //! ([`Source::get_version`]), and the value of whatever is `AWSCURRENT` ([`Source::get_current`], the
-//! fallback when `DescribeSecret` is not allowed).
+//! fallback when `DescribeSecret` is not allowed). Each question is asked of the secret in its own Region,
+//! or of its replica ([`crate::entry::Replica`]); a dev file has no Regions and no replicas (the
+//! configuration refuses them).
 
 pub(crate) mod aws;
 pub(crate) mod dev;
 pub mod rds_iam;
 
-use crate::entry::SecretSpec;
+use crate::entry::{Replica, SecretSpec};
 use crate::secret::SecretValue;
 
 pub(crate) use aws::AwsSource;
@@ -153,24 +155,38 @@ pub enum Source {
 }
 
 impl Source {
-    pub async fn describe(&self, spec: &SecretSpec) -> Result<Labels, FetchError> {
+    /// Which versions carry the labels, in the secret's own Region or (`replica`) its replica's.
+    pub async fn describe(&self, spec: &SecretSpec, replica: Option<&Replica>) -> Result<Labels, FetchError> {
         match self {
-            Source::Aws(s) => s.describe(&spec.secret_id).await,
+            Source::Aws(s) => s.describe(&spec.secret_id, replica).await,
             Source::Dev(s) => s.describe(spec),
         }
     }
 
-    pub async fn get_version(&self, spec: &SecretSpec, version_id: &str) -> Result<Fetched, FetchError> {
+    pub async fn get_version(
+        &self,
+        spec: &SecretSpec,
+        replica: Option<&Replica>,
+        version_id: &str,
+    ) -> Result<Fetched, FetchError> {
         match self {
-            Source::Aws(s) => s.get_version(&spec.secret_id, version_id).await,
+            Source::Aws(s) => s.get_version(&spec.secret_id, replica, version_id).await,
             Source::Dev(s) => s.get_version(spec, version_id),
         }
     }
 
-    pub async fn get_current(&self, spec: &SecretSpec) -> Result<Fetched, FetchError> {
+    pub async fn get_current(&self, spec: &SecretSpec, replica: Option<&Replica>) -> Result<Fetched, FetchError> {
         match self {
-            Source::Aws(s) => s.get_current(&spec.secret_id).await,
+            Source::Aws(s) => s.get_current(&spec.secret_id, replica).await,
             Source::Dev(s) => s.get_current(spec),
+        }
+    }
+
+    /// The Region a secret without a replica is read from; `None` for a dev file.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            Source::Aws(s) => s.region(),
+            Source::Dev(_) => None,
         }
     }
 }
