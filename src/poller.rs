@@ -75,6 +75,8 @@ pub(crate) fn start_with_jitter(
         .iter()
         .map(|spec| {
             let entry = services.store.get(&spec.name).expect("every secret has a store entry").clone();
+            // Where the secret is read from is known before its first check.
+            entry.set_region(primary_region.clone(), None);
             let task = SecretTask {
                 spec: spec.clone(),
                 outlet: Outlet::new(services.publisher.clone(), entry.clone()),
@@ -280,9 +282,9 @@ impl SecretTask {
             }
             Next::Replica => {
                 let primary = primary.expect_err("only a failure sends a check to the replica");
+                self.primary_error = Some(primary.to_string());
                 let replica = self.check_in(Site::Replica).await;
                 let switch = self.failover.as_mut().expect("checked above").replica(outcome(&replica));
-                self.primary_error = Some(primary.to_string());
                 self.switched(switch, Some(&primary));
                 replica.map_err(|e| self.in_replica(Some(primary), e))
             }
@@ -404,6 +406,8 @@ impl SecretTask {
             }
         };
         self.rejected = None;
+        let primary_error = (site == Site::Replica).then(|| self.primary_error.clone()).flatten();
+        self.outlet.entry().set_region(self.region(site), primary_error);
         let outcome = self.outlet.publish(version).await?;
         tracing::info!(secret = %self.spec.name, version = %version_id, file = %self.outlet.path().display(),
             region = %self.region(site).as_deref().unwrap_or_default(), unchanged_on_disk = (outcome == Outcome::Unchanged), "published new version");

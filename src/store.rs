@@ -314,6 +314,15 @@ impl Entry {
         });
     }
 
+    /// Where the version about to be published comes from, set before it is: so that no reader sees a
+    /// replica's value said to come from the primary (the rest of the view follows at the check's end).
+    pub fn set_region(&self, region: Option<Arc<str>>, primary_error: Option<String>) {
+        self.update(|s| {
+            s.view.region = region;
+            s.view.primary_error = primary_error;
+        });
+    }
+
     /// Sets or clears the last error without a check (a template's render).
     pub fn set_error(&self, error: Option<String>) {
         self.update(|s| s.last_error = error);
