@@ -60,16 +60,24 @@ impl Replica {
         if !secret_id.starts_with("arn:") {
             return Ok(Replica { region: region.to_owned(), secret_id: secret_id.to_owned() });
         }
-        // arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME — a name has no `:`, so seven fields.
-        let mut fields: Vec<&str> = secret_id.splitn(7, ':').collect();
-        if fields.len() != 7 || fields[2] != "secretsmanager" || fields[5] != "secret" || !valid_region(fields[3]) {
-            return Err(SpecError::ArnWithoutRegion(secret_id.to_owned()));
-        }
-        if fields[3] == region {
+        let own = arn_region(secret_id).ok_or_else(|| SpecError::ArnWithoutRegion(secret_id.to_owned()))?;
+        if own == region {
             return Err(SpecError::FailoverToOwnRegion(region.to_owned()));
         }
+        let mut fields: Vec<&str> = secret_id.splitn(7, ':').collect();
         fields[3] = region;
         Ok(Replica { region: region.to_owned(), secret_id: fields.join(":") })
+    }
+}
+
+/// The Region a Secrets Manager ARN names — `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`
+/// (a name has no `:`, so seven fields) — or `None` for a name or anything else. Secrets Manager answers
+/// for a secret only in its own Region, so this is where a secret given by ARN is read.
+pub fn arn_region(secret_id: &str) -> Option<&str> {
+    let fields: Vec<&str> = secret_id.splitn(7, ':').collect();
+    match fields.as_slice() {
+        ["arn", _, "secretsmanager", region, _, "secret", _] if valid_region(region) => Some(region),
+        _ => None,
     }
 }
 
@@ -375,6 +383,24 @@ mod tests {
         let gov = Replica::of("arn:aws-us-gov:secretsmanager:us-gov-west-1:1:secret:x-AbCdEf", "us-gov-east-1");
         assert_eq!(gov.unwrap().secret_id, "arn:aws-us-gov:secretsmanager:us-gov-east-1:1:secret:x-AbCdEf");
         assert_eq!("db=prod/db".parse::<SecretSpec>().unwrap().replica, None);
+    }
+
+    #[test]
+    fn an_arn_names_the_region_the_secret_is_read_in_and_a_name_names_none() {
+        assert_eq!(
+            arn_region("arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-a-Zx9Y1a"),
+            Some("eu-west-1")
+        );
+        assert_eq!(arn_region("arn:aws-cn:secretsmanager:cn-north-1:1:secret:x"), Some("cn-north-1"));
+        for none in [
+            "prod/db",
+            "rds!cluster-a",
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:EU:1:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:1:x",
+        ] {
+            assert_eq!(arn_region(none), None, "{none}");
+        }
     }
 
     #[test]

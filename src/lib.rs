@@ -135,13 +135,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                 let default_region = sdk.region().map(|r| r.to_string()).ok_or(source::aws::SetupError::NoRegion)?;
                 signer = Some(tokens::Signer { credentials, default_region });
             }
-            let own_region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
-            if let Some(s) = secrets.iter().find(|s| s.replica.as_ref().is_some_and(|r| r.region == own_region)) {
-                return Err(RunError::FailoverToOwnRegion { name: s.name.clone(), region: own_region });
+            // Every Region a secret is read in gets a client: an ARN's own (Secrets Manager answers for a
+            // secret only there), a replica's.
+            let regions = secrets.iter().flat_map(|s| {
+                let replica = s.replica.as_ref().map(|r| r.region.as_str());
+                entry::arn_region(&s.secret_id).into_iter().chain(replica)
+            });
+            let aws = AwsSource::from_sdk(&sdk, regions).ok_or(source::aws::SetupError::NoRegion)?;
+            // A secret given by name is read in the SDK's Region: its replica must be in another (an ARN's
+            // was checked with the configuration).
+            let same = secrets
+                .iter()
+                .find_map(|s| s.replica.as_ref().filter(|r| r.region == aws.region_of(&s.secret_id)).map(|r| (s, r)));
+            if let Some((s, r)) = same {
+                return Err(RunError::FailoverToOwnRegion { name: s.name.clone(), region: r.region.clone() });
             }
-            let replica_regions: std::collections::BTreeSet<&str> =
-                secrets.iter().filter_map(|s| s.replica.as_ref()).map(|r| r.region.as_str()).collect();
-            Source::Aws(AwsSource::from_sdk(&sdk, replica_regions))
+            Source::Aws(aws)
         }
         SourceConfig::Dev { path } => {
             let dev = DevSource::new(path.clone());

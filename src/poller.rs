@@ -70,12 +70,12 @@ pub(crate) fn start_with_jitter(
     let source = Arc::new(source);
     let startup = Arc::new(Semaphore::new(STARTUP_CONCURRENCY));
     let now = Instant::now();
-    let primary_region: Option<Arc<str>> = source.region().map(Arc::from);
     specs
         .iter()
         .map(|spec| {
             let entry = services.store.get(&spec.name).expect("every secret has a store entry").clone();
             // Where the secret is read from is known before its first check.
+            let primary_region: Option<Arc<str>> = source.region_of(spec).map(Arc::from);
             entry.set_region(primary_region.clone(), None);
             let task = SecretTask {
                 spec: spec.clone(),
@@ -89,7 +89,7 @@ pub(crate) fn start_with_jitter(
                 pending: Pending::None,
                 failover: spec.replica.as_ref().map(|_| Failover::new(failover_retry_interval, now, jitter)),
                 primary_error: None,
-                regions: [primary_region.clone(), spec.replica.as_ref().map(|r| Arc::from(r.region.as_str()))],
+                regions: [primary_region, spec.replica.as_ref().map(|r| Arc::from(r.region.as_str()))],
             };
             task::spawn(task, entry, services, Some(startup.clone()))
         })
@@ -564,11 +564,10 @@ mod tests {
 
         /// The secret `db` in us-east-1 (answered by `primary`) with a replica in us-west-2 (`replica`).
         fn with_replica(primary: &[&Rule], replica: &[&Rule]) -> Harness {
-            let source = AwsSource::from_clients(
-                client(primary, Duration::ZERO),
-                "us-east-1",
-                [(REPLICA_REGION, client(replica, Duration::ZERO))],
-            );
+            let source = AwsSource::from_clients([
+                ("us-east-1", client(primary, Duration::ZERO)),
+                (REPLICA_REGION, client(replica, Duration::ZERO)),
+            ]);
             let mut spec = SecretSpec::new("db", "prod/db", Format::Json);
             spec.replica = Some(crate::entry::Replica::of("prod/db", REPLICA_REGION).unwrap());
             Self::start_with(source, spec)

@@ -2,9 +2,10 @@
 //! chains (env, ECS container credentials, web identity, IMDS; `AWS_ENDPOINT_URL_SECRETS_MANAGER`), so
 //! nothing here re-implements them.
 //!
-//! A secret with a replica is read through a second client for the replica's Region, made from the same
-//! configuration with only the Region changed: the same credentials, timeouts and retries, and the same
-//! endpoint override where one is set (one emulator serves every Region; the SigV4 scope names it).
+//! Secrets Manager answers for a secret only in its own Region, so a secret given by ARN is read in the
+//! ARN's Region, and a replica in the replica's. Each such Region gets a client of its own, made from the
+//! same configuration with only the Region changed: the same credentials, timeouts and retries, and the
+//! same endpoint override where one is set (one emulator serves every Region; the SigV4 scope names it).
 //!
 //! Every `GetSecretValue` names a `VersionId` or `VersionStage`: moto returns a stale value for a request
 //! that names neither after `UpdateSecretVersionStage` (docs/secrets-manager.md, "The emulator"), and naming it
@@ -23,7 +24,7 @@ use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, S
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::{AWSCURRENT, FetchError, Fetched, Labels, Operation};
-use crate::entry::Replica;
+use crate::entry::{Replica, arn_region};
 use crate::secret::SecretValue;
 
 /// A hung TCP connect must not stall a poll loop; ECS endpoints answer in milliseconds.
@@ -42,11 +43,10 @@ pub enum SetupError {
 }
 
 pub struct AwsSource {
-    /// The SDK's Region's client.
-    client: Client,
-    region: Option<String>,
-    /// A client per Region that holds a replica of a configured secret.
-    replicas: BTreeMap<String, Client>,
+    /// The SDK's Region: where a secret given by name is read.
+    region: String,
+    /// A client per Region a secret is read in: the SDK's, and each ARN's and replica's.
+    clients: BTreeMap<String, Client>,
 }
 
 /// Loads the SDK configuration from the environment (credentials chain, region), with our timeouts.
@@ -68,51 +68,48 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> Result<aws_config::SdkCon
 }
 
 impl AwsSource {
-    /// The SDK's Region's client, and one for each of `replica_regions`.
-    pub fn from_sdk<'a>(sdk: &aws_config::SdkConfig, replica_regions: impl IntoIterator<Item = &'a str>) -> Self {
-        let replicas = replica_regions
+    /// The SDK's Region's client, and one for each of `regions` (an ARN's, a replica's) that is another.
+    /// `None` without a Region ([`sdk_config`] refuses that).
+    pub fn from_sdk<'a>(sdk: &aws_config::SdkConfig, regions: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let region = sdk.region()?.to_string();
+        let mut clients: BTreeMap<String, Client> = regions
             .into_iter()
+            .filter(|r| *r != region)
             .map(|r| {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(sdk).region(Region::new(r.to_owned())).build();
                 (r.to_owned(), Client::from_conf(conf))
             })
             .collect();
-        AwsSource { client: Client::new(sdk), region: sdk.region().map(|r| r.to_string()), replicas }
+        clients.insert(region.clone(), Client::new(sdk));
+        Some(AwsSource { region, clients })
     }
 
-    /// Wraps ready clients, the first for `region` and the others for their replicas' Regions:
-    /// `aws-smithy-mocks`'s, in tests.
+    /// Wraps ready clients, one per Region, the first the SDK's: `aws-smithy-mocks`'s, in tests.
     #[cfg(test)]
-    pub fn from_clients(
-        client: Client,
-        region: &str,
-        replicas: impl IntoIterator<Item = (&'static str, Client)>,
-    ) -> Self {
-        let replicas = replicas.into_iter().map(|(r, c)| (r.to_owned(), c)).collect();
-        AwsSource { client, region: Some(region.to_owned()), replicas }
+    pub fn from_clients(clients: impl IntoIterator<Item = (&'static str, Client)>) -> Self {
+        let clients: Vec<_> = clients.into_iter().map(|(r, c)| (r.to_owned(), c)).collect();
+        AwsSource { region: clients[0].0.clone(), clients: clients.into_iter().collect() }
     }
 
-    /// One client, for tests that need no Region.
+    /// One client, for tests that need no other Region.
     #[cfg(test)]
     pub fn from_client(client: Client) -> Self {
-        Self::from_clients(client, "us-east-1", [])
+        Self::from_clients([("us-east-1", client)])
     }
 
-    /// The Region of the SDK's configuration: where a secret without a replica is read.
-    pub fn region(&self) -> Option<&str> {
-        self.region.as_deref()
+    /// The Region `secret_id` is read in: the ARN's for an ARN, else the SDK's.
+    pub fn region_of<'a>(&'a self, secret_id: &'a str) -> &'a str {
+        arn_region(secret_id).unwrap_or(&self.region)
     }
 
     /// The client and the id to ask, for the secret `secret_id` or its `replica`.
     fn target<'a>(&'a self, secret_id: &'a str, replica: Option<&'a Replica>) -> (&'a Client, &'a str) {
-        match replica {
-            None => (&self.client, secret_id),
-            Some(r) => {
-                // `run` makes a client for every replica's Region before any check.
-                let client = self.replicas.get(&r.region).expect("a client for every replica's Region");
-                (client, &r.secret_id)
-            }
-        }
+        let (region, id) = match replica {
+            None => (self.region_of(secret_id), secret_id),
+            Some(r) => (r.region.as_str(), r.secret_id.as_str()),
+        };
+        // `run` makes a client for every Region a configured secret is read in, before any check.
+        (self.clients.get(region).expect("a client for every Region a secret is read in"), id)
     }
 
     pub async fn describe(&self, secret_id: &str, replica: Option<&Replica>) -> Result<Labels, FetchError> {

@@ -182,10 +182,10 @@ impl Source {
         }
     }
 
-    /// The Region a secret without a replica is read from; `None` for a dev file.
-    pub fn region(&self) -> Option<&str> {
+    /// The Region `spec` itself (not its replica) is read in; `None` for a dev file.
+    pub fn region_of<'a>(&'a self, spec: &'a SecretSpec) -> Option<&'a str> {
         match self {
-            Source::Aws(s) => s.region(),
+            Source::Aws(s) => Some(s.region_of(&spec.secret_id)),
             Source::Dev(_) => None,
         }
     }

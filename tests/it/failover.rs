@@ -32,8 +32,12 @@ fn with_failover(b: SidecarBuilder) -> SidecarBuilder {
 
 /// Refuses with `error` what `keys` sign for the primary's Region; forwards everything else.
 fn fail_primary(keys: &'static [&'static str], error: AwsError) -> impl Rule {
+    fail_region(PRIMARY, keys, error)
+}
+
+fn fail_region(region: &'static str, keys: &'static [&'static str], error: AwsError) -> impl Rule {
     move |r: &SignedRequest| match &r.scope {
-        Some(s) if s.region == PRIMARY && keys.contains(&s.access_key_id.as_str()) => Verdict::Refuse(error.clone()),
+        Some(s) if s.region == region && keys.contains(&s.access_key_id.as_str()) => Verdict::Refuse(error.clone()),
         _ => Verdict::Forward,
     }
 }
@@ -171,6 +175,38 @@ async fn a_task_started_while_its_region_fails_is_ready_from_the_replica_follows
     assert!(log.lines().count() > 50, "a trace log was written");
     assert!(!log.contains("Zq8-"), "the log leaks a value");
     assert!(!log.contains(&failover.token()), "the log leaks the token");
+}
+
+/// An app whose secret lives in another Region names it by ARN, and its replica in the task's own Region:
+/// the secret is read in the ARN's Region (Secrets Manager answers for a secret only there), and when that
+/// Region fails while the task runs, in the replica's.
+#[tokio::test]
+async fn a_secret_given_by_arn_is_read_in_its_region_and_fails_over_to_a_replica_in_the_tasks() {
+    const HOME: &str = "eu-west-1";
+    let moto = Moto::start().await;
+    let arn = create_replicated_secret(&moto.client_in(HOME).await, "far", &creds("Zq8-far"), PRIMARY).await;
+    let proxy = AwsProxy::start(moto.endpoint(), forward_all).await;
+    let sidecar = sidecar(&proxy, "far")
+        .secret("far", &format!("{arn}?failover_region={PRIMARY}"))
+        .arg("--failover-retry-interval")
+        .arg("2s")
+        .spawn()
+        .await;
+    sidecar.wait_ready().await;
+    assert_eq!(health_of(&sidecar, "far").await.1["region"], HOME);
+    assert!(calls(&proxy, "far", HOME).succeeded >= 2, "DescribeSecret and GetSecretValue in {HOME}");
+    assert_eq!(calls(&proxy, "far", PRIMARY).total(), 0, "nothing asked of the task's own Region");
+
+    proxy.set_rule(fail_region(HOME, &["far"], AwsError::internal_service_error()));
+    sidecar
+        .wait_for("the failover of a running task", Duration::from_secs(15), async || {
+            health_of(&sidecar, "far").await.1["region"] == PRIMARY
+        })
+        .await;
+    let (status, far) = health_of(&sidecar, "far").await;
+    assert_eq!((status, &far["last_error"]), (200, &serde_json::Value::Null), "{far}");
+    assert!(calls(&proxy, "far", PRIMARY).succeeded >= 1);
+    assert_eq!(sidecar.read_file("far.json").unwrap(), creds("Zq8-far"));
 }
 
 /// A replica must not hide a misconfiguration or a deletion. A denied primary leaves a starting task
