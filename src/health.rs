@@ -65,7 +65,7 @@ pub struct SecretHealth {
     /// For an `rds-iam://` entry: seconds until the published token expires (negative once it has).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<i64>,
-    /// For a Secrets Manager secret: the Region it is read from, its replica's while it is failed over.
+    /// For a Secrets Manager secret: the Region it is read in, its replica's while it is failed over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// While a secret is served from its replica: its own Region's last failure. The value is current, so

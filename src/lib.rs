@@ -24,8 +24,9 @@
 //! ```
 //!
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
-//! - `source`: where values come from — Secrets Manager (a client per Region: the SDK's, and each
-//!   replica's) or a dev file — and RDS IAM tokens, signed locally ([`source::rds_iam`]).
+//! - `source`: where values come from — Secrets Manager (a client per Region a secret is read in: the
+//!   SDK's, an ARN's, a replica's) or a dev file — and RDS IAM tokens, signed locally
+//!   ([`source::rds_iam`]).
 //! - `poller`: a Secrets Manager secret's checks; `tokens`: an `rds-iam://` entry's signings. Both run
 //!   in `task`, one task per entry that owns its state and is the only writer of its file and store
 //!   entry; forced refreshes are messages to it, sent through the `refresh` registry.

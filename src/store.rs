@@ -227,7 +227,8 @@ pub struct View {
     /// `AWSPENDING` is on another version, readable or not.
     pub rotation_in_progress: bool,
     /// The Region of the Secrets Manager the secret is read from — the one the current value was last
-    /// confirmed in: the SDK's, or the replica's while the secret is failed over. `None` for a dev file.
+    /// confirmed in: its own (an ARN's, else the SDK's), or its replica's while it is failed over. `None`
+    /// for a dev file.
     pub region: Option<Arc<str>>,
     /// While the secret is served from its replica: why its own Region is not used, as its last failure
     /// said.
