@@ -16,7 +16,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::actions::spec::{Action, OnChange, OnChangeError, SignalTarget, redact_queries};
-use crate::entry::{Entry, RdsIamSpec, SecretSpec, SpecError, TemplateSpec};
+use crate::entry::{Entry, RdsIamSpec, Replica, SecretSpec, SpecError, TemplateSpec, valid_region};
+use crate::failover::DEFAULT_RETRY_INTERVAL;
 use crate::publish::FileOptions;
 use crate::schedule::Timing;
 use crate::secret::SecretString;
@@ -52,12 +53,12 @@ pub enum Command {
 /// checks for `run` live in [`Settings::validate`] where they can name the offending value.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// A secret to keep current: NAME=SECRET_ID[?format=json|raw|env], or an RDS IAM auth token to mint:
-    /// NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]. Repeatable; the env var takes a comma-separated
-    /// list. NAME names the file and the URL; SECRET_ID is a secret name or ARN. Formats: json (the
-    /// default) writes the SecretString, a JSON object, to NAME.json; raw the bytes as they are to NAME;
-    /// env the object as a dotenv file to NAME.env. For a URL or config file built from secrets, see
-    /// --template.
+    /// A secret to keep current: NAME=SECRET_ID[?format=json|raw|env&failover_region=REGION], or an RDS IAM
+    /// auth token to mint: NAME=rds-iam://USER@HOST:PORT[?region=R&dbname=D]. Repeatable; the env var takes
+    /// a comma-separated list. NAME names the file and the URL; SECRET_ID is a secret name or ARN. Formats:
+    /// json (the default) writes the SecretString, a JSON object, to NAME.json; raw the bytes as they are to
+    /// NAME; env the object as a dotenv file to NAME.env. failover_region overrides --failover-region for
+    /// this secret. For a URL or config file built from secrets, see --template.
     #[arg(
         long = "secret",
         env = "SIDECAR_SECRETS",
@@ -128,6 +129,19 @@ pub struct Settings {
     /// Owner gid of the files written [default: the process's own].
     #[arg(long, env = "SIDECAR_FILE_GID", global = true)]
     pub file_gid: Option<u32>,
+
+    /// The Region of the secrets' replicas (ReplicateSecretToRegions): a check whose calls to a secret's own
+    /// Region fail transiently (5xx, throttling, timeouts, connection errors) is done against its replica,
+    /// read by the same name, or by the ARN with its Region replaced. A denial or a missing secret never
+    /// fails over. Not for rds-iam:// entries [default: no failover]
+    #[arg(long, env = "SIDECAR_FAILOVER_REGION", global = true, value_name = "REGION")]
+    pub failover_region: Option<String>,
+
+    /// While a secret is served from its replica, its own Region is asked again at the first check at least
+    /// this long (plus up to 20% jitter) after it was last asked; the secret goes back after a success.
+    /// [default: 60s]
+    #[arg(long, env = "SIDECAR_FAILOVER_RETRY_INTERVAL", value_parser = parse_duration, global = true)]
+    pub failover_retry_interval: Option<Duration>,
 
     /// Secrets Manager endpoint [default: the SDK's, which honours AWS_ENDPOINT_URL_SECRETS_MANAGER].
     #[arg(long, env = "SIDECAR_ENDPOINT_URL", global = true)]
@@ -226,6 +240,8 @@ pub struct Config {
     /// `--template` entries, read and compiled.
     pub templates: Vec<Arc<Template>>,
     pub rds_iam_renew_interval: Duration,
+    /// How long a secret served from its replica waits before its own Region is asked again.
+    pub failover_retry_interval: Duration,
     pub output_dir: PathBuf,
     pub refresh_interval: Duration,
     pub rotation_poll_interval: Duration,
@@ -279,10 +295,14 @@ impl Config {
         }
         for s in &c.secrets {
             w!(
-                "secret {}: {} (format {}) -> {}",
+                "secret {}: {} (format {}{}) -> {}",
                 s.name,
                 s.secret_id,
                 s.format.as_str(),
+                s.replica
+                    .as_ref()
+                    .map(|r| format!(", failover to {} in {}", r.secret_id, r.region))
+                    .unwrap_or_default(),
                 c.output_dir.join(s.file_name()).display()
             );
         }
@@ -325,6 +345,9 @@ impl Config {
             d(c.rotation_poll_interval),
             d(c.min_refresh_gap)
         );
+        if c.secrets.iter().any(|s| s.replica.is_some()) {
+            w!("failover retry interval: {} (+ up to 20% jitter)", d(c.failover_retry_interval));
+        }
         w!("listen: {}", c.listen);
         w!(
             "file mode: {:04o}, owner: {}:{}",
@@ -393,6 +416,17 @@ pub enum ConfigError {
     #[error("--rds-iam-renew-interval must be between 1s and 14m (a token lives 15 minutes), got {}",
             humantime::format_duration(*.0))]
     RenewInterval(Duration),
+    #[error("--failover-region {0:?} is not a Region name (like eu-west-1)")]
+    BadFailoverRegion(String),
+    #[error("invalid secret {name:?} with --failover-region: {source}")]
+    Failover { name: String, source: SpecError },
+    #[error(
+        "--failover-region applies to Secrets Manager secrets only; rds-iam:// tokens are signed locally and \
+             have no replica"
+    )]
+    FailoverWithoutSecrets,
+    #[error("failover reads a replica in another Region of Secrets Manager and cannot be used with --dev-secrets")]
+    FailoverWithDev,
     #[error("--listen {0} is not a loopback address; add --allow-non-loopback to serve secrets to the network")]
     NonLoopback(SocketAddr),
     #[error("--{flag} must be at least {min}, got {value}", min = humantime::format_duration(*.min),
@@ -435,6 +469,25 @@ impl Settings {
         if !rds_iam.is_empty() && self.dev_secrets.is_some() {
             return Err(ConfigError::RdsIamWithDev);
         }
+        if let Some(region) = &self.failover_region {
+            if !valid_region(region) {
+                return Err(ConfigError::BadFailoverRegion(region.clone()));
+            }
+            if secrets.is_empty() && self.dev_secrets.is_none() {
+                return Err(ConfigError::FailoverWithoutSecrets);
+            }
+            // An entry's own failover_region wins over the flag.
+            for s in secrets.iter_mut().filter(|s| s.replica.is_none()) {
+                s.replica = Some(
+                    Replica::of(&s.secret_id, region)
+                        .map_err(|source| ConfigError::Failover { name: s.name.clone(), source })?,
+                );
+            }
+        }
+        if self.dev_secrets.is_some() && (self.failover_region.is_some() || secrets.iter().any(|s| s.replica.is_some()))
+        {
+            return Err(ConfigError::FailoverWithDev);
+        }
         // Templates are read and compiled here, so a syntax error or a variable that names no secret exits
         // with 2 before anything is fetched. A dev run without --secret learns its names from the dev file:
         // `run` checks the variables against those.
@@ -459,9 +512,11 @@ impl Settings {
         if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
             return Err(ConfigError::NonLoopback(self.listen));
         }
+        let failover_retry_interval = self.failover_retry_interval.unwrap_or(DEFAULT_RETRY_INTERVAL);
         for (flag, value, min) in [
             ("refresh-interval", self.refresh_interval, MIN_REFRESH_INTERVAL),
             ("rotation-poll-interval", self.rotation_poll_interval, Duration::from_millis(100)),
+            ("failover-retry-interval", failover_retry_interval, MIN_REFRESH_INTERVAL),
         ] {
             if value < min {
                 return Err(ConfigError::TooShort { flag, value, min });
@@ -491,6 +546,7 @@ impl Settings {
             rds_iam,
             templates,
             rds_iam_renew_interval: self.rds_iam_renew_interval,
+            failover_retry_interval,
             output_dir: self.output_dir.clone(),
             refresh_interval: self.refresh_interval,
             rotation_poll_interval: self.rotation_poll_interval,
@@ -604,6 +660,69 @@ mod tests {
         assert!(matches!(c.token, TokenSetting::Generate));
         assert_eq!(c.max_staleness, None);
         assert_eq!(c.source, SourceConfig::Aws { endpoint_url: None });
+        assert_eq!(c.failover_retry_interval, DEFAULT_RETRY_INTERVAL);
+        assert_eq!(c.secrets[0].replica, None, "no failover unless asked for");
+    }
+
+    #[test]
+    fn failover_region_applies_to_every_secret_that_names_none_of_its_own() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-AbCdEf";
+        let c = settings(&[
+            "--secret",
+            "db=prod/db",
+            "--secret",
+            &format!("app={arn}"),
+            "--secret",
+            "own=prod/own?failover_region=eu-central-1",
+            "--secret",
+            "token=rds-iam://app@h.internal:3306",
+            "--failover-region",
+            "us-west-2",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        let replicas: Vec<_> = c.secrets.iter().map(|s| s.replica.clone().unwrap()).collect();
+        assert_eq!(
+            replicas,
+            [
+                Replica { region: "us-west-2".into(), secret_id: "prod/db".into() },
+                Replica {
+                    region: "us-west-2".into(),
+                    secret_id: "arn:aws:secretsmanager:us-west-2:123456789012:secret:app-AbCdEf".into()
+                },
+                Replica { region: "eu-central-1".into(), secret_id: "prod/own".into() },
+            ]
+        );
+        assert_eq!(c.rds_iam.len(), 1, "a token entry is kept, and has no replica to read");
+        let text = c.describe();
+        assert!(text.contains("secret db: prod/db (format json, failover to prod/db in us-west-2) -> "), "{text}");
+        assert!(text.contains("failover retry interval: 1m (+ up to 20% jitter)"), "{text}");
+    }
+
+    #[test]
+    fn failover_that_cannot_work_is_a_configuration_error() {
+        let err = |args: &[&str]| settings(args).unwrap().validate().unwrap_err().to_string();
+        assert_eq!(
+            err(&["--secret", "db=x", "--failover-region", "West"]),
+            r#"--failover-region "West" is not a Region name (like eu-west-1)"#
+        );
+        assert_eq!(
+            err(&["--secret", "db=arn:aws:secretsmanager:us-west-2:1:secret:x", "--failover-region", "us-west-2"]),
+            r#"invalid secret "db" with --failover-region: the failover Region us-west-2 is the secret's own Region"#
+        );
+        assert!(
+            err(&["--secret", "db=rds-iam://app@h.internal:3306", "--failover-region", "us-west-2"])
+                .starts_with("--failover-region applies to Secrets Manager secrets only")
+        );
+        assert!(err(&["--dev-secrets", "/d.json", "--failover-region", "us-west-2"]).contains("--dev-secrets"));
+        assert!(
+            err(&["--dev-secrets", "/d.json", "--secret", "db=x?failover_region=us-west-2"]).contains("--dev-secrets")
+        );
+        assert_eq!(
+            err(&["--secret", "db=x", "--failover-retry-interval", "500ms"]),
+            "--failover-retry-interval must be at least 1s, got 500ms"
+        );
     }
 
     #[test]

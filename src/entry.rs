@@ -1,6 +1,8 @@
 //! The entries a sidecar publishes, as the command line names them: a Secrets Manager secret
-//! (`NAME=SECRET_ID[?format=…]`), an RDS IAM token to sign (`NAME=rds-iam://USER@HOST:PORT`) and a
-//! `--template` (`NAME=PATH[?from=SECRET]`), with the one rule for a NAME ([`valid_name`]).
+//! (`NAME=SECRET_ID[?format=…&failover_region=…]`), an RDS IAM token to sign
+//! (`NAME=rds-iam://USER@HOST:PORT`) and a `--template` (`NAME=PATH[?from=SECRET]`), with the one rule for
+//! a NAME ([`valid_name`]) and for a Region name ([`valid_region`]), and where a secret's replica is
+//! ([`Replica`]).
 //!
 //! A leaf: every other module may use these types, and this one uses nothing of the crate, so what an
 //! entry *is* can be read, parsed and tested without the configuration, the store or AWS.
@@ -29,15 +31,71 @@ impl Format {
     }
 }
 
-/// One `NAME=SECRET_ID[?format=json|raw|env]` entry.
+/// One `NAME=SECRET_ID[?format=json|raw|env&failover_region=REGION]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
     pub name: String,
     pub secret_id: String,
     pub format: Format,
+    /// Where the secret is read while its own Region fails: `failover_region=`, or `--failover-region`
+    /// for an entry that names none (the configuration fills it in).
+    pub replica: Option<Replica>,
+}
+
+/// A secret's replica: the copy Secrets Manager keeps in another Region (`ReplicateSecretToRegions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub region: String,
+    /// What the replica is asked for there: a replica has its primary's name, and its ARN is the primary's
+    /// with the Region replaced (AWS documentation, "Replicate secrets across Regions").
+    pub secret_id: String,
+}
+
+impl Replica {
+    /// The replica in `region` of the secret `secret_id` (a name or an ARN).
+    pub fn of(secret_id: &str, region: &str) -> Result<Replica, SpecError> {
+        if !valid_region(region) {
+            return Err(SpecError::BadRegion(region.to_owned()));
+        }
+        if !secret_id.starts_with("arn:") {
+            return Ok(Replica { region: region.to_owned(), secret_id: secret_id.to_owned() });
+        }
+        let own = arn_region(secret_id).ok_or_else(|| SpecError::ArnWithoutRegion(secret_id.to_owned()))?;
+        if own == region {
+            return Err(SpecError::FailoverToOwnRegion(region.to_owned()));
+        }
+        let mut fields: Vec<&str> = secret_id.splitn(7, ':').collect();
+        fields[3] = region;
+        Ok(Replica { region: region.to_owned(), secret_id: fields.join(":") })
+    }
+}
+
+/// The Region a Secrets Manager ARN names — `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`
+/// (a name has no `:`, so seven fields) — or `None` for a name or anything else. Secrets Manager answers
+/// for a secret only in its own Region, so this is where a secret given by ARN is read.
+pub fn arn_region(secret_id: &str) -> Option<&str> {
+    let fields: Vec<&str> = secret_id.splitn(7, ':').collect();
+    match fields.as_slice() {
+        ["arn", _, "secretsmanager", region, _, "secret", _] if valid_region(region) => Some(region),
+        _ => None,
+    }
+}
+
+/// A Region's name as AWS writes them: `eu-west-1`, `us-gov-west-1`, `cn-north-1`.
+pub fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 32
+        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
 }
 
 impl SecretSpec {
+    /// A secret without a replica, as `NAME=SECRET_ID` in `format` names it.
+    pub fn new(name: impl Into<String>, secret_id: impl Into<String>, format: Format) -> SecretSpec {
+        SecretSpec { name: name.into(), secret_id: secret_id.into(), format, replica: None }
+    }
+
     /// The file name inside the output directory. Names are validated so this can never leave it.
     pub fn file_name(&self) -> String {
         match self.format {
@@ -159,17 +217,12 @@ fn parse_rds_iam(name: &str, s: &str) -> Result<RdsIamSpec, SpecError> {
     let (mut region, mut dbname) = (None, None);
     for opt in options.into_iter().flat_map(|o| o.split('&')) {
         match opt.split_once('=') {
-            Some(("region", r))
-                if !r.is_empty()
-                    && r.len() <= 32
-                    && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
-            {
-                region = Some(r.to_owned())
-            }
+            Some(("region", r)) if valid_region(r) => region = Some(r.to_owned()),
             Some(("dbname", d)) => {
                 let d = decode(d).filter(|d| !d.is_empty() && !d.chars().any(char::is_control));
                 dbname = Some(d.ok_or_else(|| bad("dbname must be a non-empty, printable name"))?);
             }
+            Some(("failover_region", _)) => return Err(SpecError::FailoverForRdsIam),
             _ => return Err(SpecError::BadIamOption(opt.to_owned())),
         }
     }
@@ -192,8 +245,22 @@ pub enum SpecError {
     BadSecretId(String),
     #[error("{0}")]
     BadRdsIam(String),
-    #[error("unknown option {0:?} (the only option is format=json|raw|env)")]
+    #[error("unknown option {0:?} (a secret takes format=json|raw|env and failover_region=REGION)")]
     BadOption(String),
+    #[error("{0:?} is not a Region name (like eu-west-1)")]
+    BadRegion(String),
+    #[error(
+        "secret id {0:?} starts like an ARN but is not arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME, \
+             so its replica's ARN cannot be made from it"
+    )]
+    ArnWithoutRegion(String),
+    #[error("the failover Region {0} is the secret's own Region")]
+    FailoverToOwnRegion(String),
+    #[error(
+        "failover_region does not apply to rds-iam:// entries: a token is signed locally, and no Region's \
+             service is called that a replica could stand in for"
+    )]
+    FailoverForRdsIam,
     #[error("unknown option {0:?} (rds-iam:// entries take region=REGION and dbname=NAME)")]
     BadIamOption(String),
     #[error("the template path is empty (expected NAME=PATH[?from=SECRET])")]
@@ -211,15 +278,17 @@ impl FromStr for SecretSpec {
             return Err(SpecError::BadSecretId(secret_id.to_owned()));
         }
         let mut format = Format::Json;
+        let mut replica = None;
         for opt in options.into_iter().flat_map(|o| o.split('&')) {
-            format = match opt {
-                "format=json" => Format::Json,
-                "format=raw" => Format::Raw,
-                "format=env" => Format::Env,
-                other => return Err(SpecError::BadOption(other.to_owned())),
-            };
+            match opt.split_once('=') {
+                Some(("format", "json")) => format = Format::Json,
+                Some(("format", "raw")) => format = Format::Raw,
+                Some(("format", "env")) => format = Format::Env,
+                Some(("failover_region", region)) => replica = Some(Replica::of(secret_id, region)?),
+                _ => return Err(SpecError::BadOption(opt.to_owned())),
+            }
         }
-        Ok(SecretSpec { name: name.to_owned(), secret_id: secret_id.to_owned(), format })
+        Ok(SecretSpec { name: name.to_owned(), secret_id: secret_id.to_owned(), format, replica })
     }
 }
 
@@ -300,6 +369,63 @@ mod tests {
     }
 
     #[test]
+    fn failover_region_names_the_replica_by_name_or_by_the_arn_with_its_region_replaced() {
+        let spec: SecretSpec = "db=prod/db?failover_region=us-west-2&format=env".parse().unwrap();
+        assert_eq!(spec.format, Format::Env);
+        assert_eq!(spec.replica, Some(Replica { region: "us-west-2".into(), secret_id: "prod/db".into() }));
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-abc-Zx9Y1a";
+        let spec: SecretSpec = format!("db={arn}?failover_region=eu-central-1").parse().unwrap();
+        assert_eq!(
+            spec.replica.unwrap().secret_id,
+            "arn:aws:secretsmanager:eu-central-1:123456789012:secret:rds!cluster-abc-Zx9Y1a"
+        );
+        // The partition stays: a GovCloud secret's replica is in GovCloud.
+        let gov = Replica::of("arn:aws-us-gov:secretsmanager:us-gov-west-1:1:secret:x-AbCdEf", "us-gov-east-1");
+        assert_eq!(gov.unwrap().secret_id, "arn:aws-us-gov:secretsmanager:us-gov-east-1:1:secret:x-AbCdEf");
+        assert_eq!("db=prod/db".parse::<SecretSpec>().unwrap().replica, None);
+    }
+
+    #[test]
+    fn an_arn_names_the_region_the_secret_is_read_in_and_a_name_names_none() {
+        assert_eq!(
+            arn_region("arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-a-Zx9Y1a"),
+            Some("eu-west-1")
+        );
+        assert_eq!(arn_region("arn:aws-cn:secretsmanager:cn-north-1:1:secret:x"), Some("cn-north-1"));
+        for none in [
+            "prod/db",
+            "rds!cluster-a",
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:EU:1:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:1:x",
+        ] {
+            assert_eq!(arn_region(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_failover_region_that_cannot_be_used_is_refused_with_the_reason() {
+        for (entry, err) in [
+            ("db=x?failover_region=US_WEST", SpecError::BadRegion("US_WEST".into())),
+            ("db=x?failover_region=", SpecError::BadRegion("".into())),
+            (
+                "db=arn:aws:secretsmanager:eu-west-1:1:secret:x?failover_region=eu-west-1",
+                SpecError::FailoverToOwnRegion("eu-west-1".into()),
+            ),
+            (
+                "db=arn:aws:s3:::bucket?failover_region=eu-west-1",
+                SpecError::ArnWithoutRegion("arn:aws:s3:::bucket".into()),
+            ),
+            ("db=x?failover=us-west-2", SpecError::BadOption("failover=us-west-2".into())),
+        ] {
+            assert_eq!(entry.parse::<SecretSpec>(), Err(err), "{entry}");
+        }
+        let err = "db=rds-iam://app@db.internal:3306?failover_region=us-west-2".parse::<Entry>().unwrap_err();
+        assert_eq!(err, SpecError::FailoverForRdsIam);
+        assert!(err.to_string().contains("a token is signed locally"), "{err}");
+    }
+
+    #[test]
     fn rds_iam_entries_parse_user_host_port_and_options() {
         let e: Entry = "db=rds-iam://app@app.cluster-c9akciq32.eu-west-1.rds.amazonaws.com:3306".parse().unwrap();
         assert_eq!(
@@ -367,7 +493,7 @@ mod tests {
                 prop_assert!(!name.contains('/'));
                 prop_assert!(!name.starts_with('.'));
                 prop_assert!(name != "..");
-                let spec = SecretSpec { name: name.clone(), secret_id: "x".into(), format: Format::Json };
+                let spec = SecretSpec::new(name.clone(), "x", Format::Json);
                 let path = std::path::Path::new("/out").join(spec.file_name());
                 prop_assert_eq!(path.parent(), Some(std::path::Path::new("/out")));
             }

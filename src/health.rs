@@ -65,6 +65,13 @@ pub struct SecretHealth {
     /// For an `rds-iam://` entry: seconds until the published token expires (negative once it has).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<i64>,
+    /// For a Secrets Manager secret: the Region it is read in, its replica's while it is failed over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// While a secret is served from its replica: its own Region's last failure. The value is current, so
+    /// this does not make the task unhealthy; a failing replica does, through `--max-staleness`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_error: Option<String>,
 }
 
 /// The health of every secret in `store` at `now`.
@@ -95,6 +102,8 @@ pub fn health_at(store: &Store, now: Instant, wall: SystemTime, max_staleness: O
                 stale: is_stale,
                 last_error: s.last_error.clone(),
                 expires_in_seconds: expires_in,
+                region: s.view.region.as_deref().map(str::to_owned),
+                primary_error: s.view.primary_error.clone(),
             };
             (entry.name().to_owned(), health)
         })

@@ -247,6 +247,11 @@ struct SecretMeta {
     last_refresh: Option<String>,
     last_error: Option<String>,
     rotation_in_progress: bool,
+    /// The Region a Secrets Manager secret is read from (its replica's while failed over); `null` otherwise.
+    region: Option<String>,
+    /// While a secret is served from its replica: its own Region's last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +274,8 @@ async fn list(State(state): State<Arc<AppState>>) -> Response {
                 last_refresh: s.last_success.map(|(_, t)| humantime::format_rfc3339_seconds(t).to_string()),
                 last_error: s.last_error,
                 rotation_in_progress: s.view.rotation_in_progress,
+                region: s.view.region.as_deref().map(str::to_owned),
+                primary_error: s.view.primary_error,
             }
         })
         .collect();
@@ -478,10 +485,7 @@ mod tests {
         std::fs::write(&dev, dev_json).unwrap();
         let out = dir.join("out");
         std::fs::create_dir(&out).unwrap();
-        let specs = vec![
-            SecretSpec { name: "db".into(), secret_id: "db".into(), format },
-            SecretSpec { name: "later".into(), secret_id: "later".into(), format: Format::Json },
-        ];
+        let specs = vec![SecretSpec::new("db", "db", format), SecretSpec::new("later", "later", Format::Json)];
         let kinds =
             specs.iter().map(|s| (s.name.clone(), Kind::Secret { secret_id: s.secret_id.clone(), format: s.format }));
         let services = Services::for_tests(Store::new(kinds), &out);
@@ -490,8 +494,13 @@ mod tests {
             rotation_poll_interval: Duration::from_secs(2),
             min_refresh_gap: Duration::from_secs(5),
         };
-        let refreshers =
-            Refreshers::new(crate::poller::start(&services, Source::Dev(DevSource::new(dev)), timing, &specs));
+        let refreshers = Refreshers::new(crate::poller::start(
+            &services,
+            Source::Dev(DevSource::new(dev)),
+            timing,
+            Duration::from_secs(60),
+            &specs,
+        ));
         refreshers.refresh("db").await.unwrap().unwrap();
         AppState {
             store: services.store,

@@ -16,19 +16,23 @@
 //!  2  publish                        the one publish step: file → store entry → change counter
 //!     metrics  health                counters every part may bump; what healthy means
 //!  1  store                          what HTTP reads: entries, versions, readiness
-//!     source  schedule               Secrets Manager, a dev file, the RDS IAM signer; when to check next
+//!     source  schedule  failover     Secrets Manager, a dev file, the RDS IAM signer; when to check next;
+//!                                    which Region a secret with a replica is read from
 //!  0  entry  secret  dotenv          leaves: what an entry is, redacting value types, dotenv quoting,
 //!     changes  refresh               change counters, the registry of task channels,
 //!     backoff  percent  shutdown     backoff and jitter, percent-encoding, shutdown signals
 //! ```
 //!
 //! - [`config`]: the command line and `SIDECAR_*` variables, validated into a [`config::Config`].
-//! - `source`: where values come from — Secrets Manager or a dev file — and RDS IAM tokens, signed
-//!   locally ([`source::rds_iam`]).
+//! - `source`: where values come from — Secrets Manager (a client per Region a secret is read in: the
+//!   SDK's, an ARN's, a replica's) or a dev file — and RDS IAM tokens, signed locally
+//!   ([`source::rds_iam`]).
 //! - `poller`: a Secrets Manager secret's checks; `tokens`: an `rds-iam://` entry's signings. Both run
 //!   in `task`, one task per entry that owns its state and is the only writer of its file and store
 //!   entry; forced refreshes are messages to it, sent through the `refresh` registry.
-//! - `schedule`: when a secret is checked next, as a pure function of what happened to it.
+//! - `schedule`: when a secret is checked next, as a pure function of what happened to it; `failover`:
+//!   whether a secret with a replica (`--failover-region`) is read in its own Region or its replica's, the
+//!   same way.
 //! - [`publish`]: atomic writes of files on the shared volume, and the step every producer publishes a
 //!   version with — its file, then its store entry, then its change counter.
 //! - `store`: what HTTP reads — every entry's published version (the bytes its file got) and its task's
@@ -50,6 +54,7 @@ mod changes;
 pub mod config;
 pub mod dotenv;
 pub mod entry;
+mod failover;
 pub mod health;
 mod http;
 mod metrics;
@@ -106,6 +111,9 @@ pub enum RunError {
     /// error (exit 2), found before anything is published.
     #[error(transparent)]
     Template(#[from] template::TemplateError),
+    /// A failover Region that is the SDK's own: configuration, found only once the SDK's Region is known.
+    #[error("secret {name:?}: the failover Region {region} is the Region the sidecar runs in (AWS_REGION)")]
+    FailoverToOwnRegion { name: String, region: String },
 }
 
 /// Runs the sidecar until `shutdown` resolves, serving HTTP on `listener`.
@@ -128,7 +136,22 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                 let default_region = sdk.region().map(|r| r.to_string()).ok_or(source::aws::SetupError::NoRegion)?;
                 signer = Some(tokens::Signer { credentials, default_region });
             }
-            Source::Aws(AwsSource::from_sdk(&sdk))
+            // Every Region a secret is read in gets a client: an ARN's own (Secrets Manager answers for a
+            // secret only there), a replica's.
+            let regions = secrets.iter().flat_map(|s| {
+                let replica = s.replica.as_ref().map(|r| r.region.as_str());
+                entry::arn_region(&s.secret_id).into_iter().chain(replica)
+            });
+            let aws = AwsSource::from_sdk(&sdk, regions).ok_or(source::aws::SetupError::NoRegion)?;
+            // A secret given by name is read in the SDK's Region: its replica must be in another (an ARN's
+            // was checked with the configuration).
+            let same = secrets
+                .iter()
+                .find_map(|s| s.replica.as_ref().filter(|r| r.region == aws.region_of(&s.secret_id)).map(|r| (s, r)));
+            if let Some((s, r)) = same {
+                return Err(RunError::FailoverToOwnRegion { name: s.name.clone(), region: r.region.clone() });
+            }
+            Source::Aws(aws)
         }
         SourceConfig::Dev { path } => {
             let dev = DevSource::new(path.clone());
@@ -176,7 +199,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
     };
-    let mut channels = poller::start(&services, source, config.timing(), &secrets);
+    let mut channels = poller::start(&services, source, config.timing(), config.failover_retry_interval, &secrets);
     if let Some(signer) = signer {
         channels.extend(tokens::start(&services, signer, config.rds_iam_renew_interval, &config.rds_iam));
     }
@@ -220,7 +243,7 @@ fn dev_specs(dev: &DevSource) -> Result<Vec<SecretSpec>, RunError> {
         .into_iter()
         .map(|name| {
             if valid_name(&name) {
-                Ok(SecretSpec { secret_id: name.clone(), name, format: Format::Json })
+                Ok(SecretSpec::new(name.clone(), name, Format::Json))
             } else {
                 Err(RunError::DevName(name))
             }

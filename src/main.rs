@@ -61,8 +61,13 @@ fn run(config: Config, format: LogFormat) -> ExitCode {
             .await
             .map_err(|e| (EXIT_FAILURE, format!("cannot listen on {}: {e}", config.listen)))?;
         secrets_sidecar::run(config, listener, secrets_sidecar::shutdown::signal()).await.map_err(|e| {
-            // A template that uses a name the dev file lacks is bad configuration, found only at run.
-            let code = if matches!(e, RunError::Template(_)) { EXIT_CONFIG } else { EXIT_FAILURE };
+            // A template that uses a name the dev file lacks, or a failover Region that is the SDK's own, is
+            // bad configuration found only at run.
+            let code = if matches!(e, RunError::Template(_) | RunError::FailoverToOwnRegion { .. }) {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            };
             (code, e.to_string())
         })
     });

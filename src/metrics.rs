@@ -96,6 +96,12 @@ pub struct SecretLabel {
     pub secret: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    pub secret: String,
+    pub region: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     checks: Family<CheckLabels, Counter>,
@@ -107,6 +113,9 @@ pub struct Metrics {
     renders: Family<RenderLabels, Counter>,
     actions: Family<ActionLabels, Counter>,
     action_last_ok: Family<ActionLabel, Gauge>,
+    failovers: Family<SecretLabel, Counter>,
+    failover_returns: Family<SecretLabel, Counter>,
+    serving_region: Family<RegionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -122,6 +131,9 @@ impl Default for Metrics {
             renders: Family::default(),
             actions: Family::default(),
             action_last_ok: Family::default(),
+            failovers: Family::default(),
+            failover_returns: Family::default(),
+            serving_region: Family::default(),
             registry: Registry::default(),
         };
         registry.register("checks", "Checks of a secret, by result", m.checks.clone());
@@ -148,6 +160,21 @@ impl Default for Metrics {
             "action_last_success_timestamp_seconds",
             "Unix time an --on-change action last succeeded",
             m.action_last_ok.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Switches of a secret from its own Region, failing, to its replica's (--failover-region)",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "failover_returns",
+            "Switches of a secret from its replica back to its own Region",
+            m.failover_returns.clone(),
+        );
+        registry.register(
+            "serving_region",
+            "1 for the Region a secret is read from, 0 for its replica's Region while it is not",
+            m.serving_region.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -179,6 +206,23 @@ impl Metrics {
     pub fn token_expiry(&self, secret: &str, at: SystemTime) {
         let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.token_expiry.get_or_create(&label(secret)).set(i64::try_from(secs).unwrap_or(i64::MAX));
+    }
+
+    pub fn failover(&self, secret: &str) {
+        self.failovers.get_or_create(&label(secret)).inc();
+    }
+
+    pub fn failover_return(&self, secret: &str) {
+        self.failover_returns.get_or_create(&label(secret)).inc();
+    }
+
+    /// `secret` is read from `region`; `other` is the Region it is not read from, if it has one.
+    pub fn serving_region(&self, secret: &str, region: &str, other: Option<&str>) {
+        let labels = |region: &str| RegionLabels { secret: secret.to_owned(), region: region.to_owned() };
+        self.serving_region.get_or_create(&labels(region)).set(1);
+        if let Some(other) = other {
+            self.serving_region.get_or_create(&labels(other)).set(0);
+        }
     }
 
     pub fn render(&self, template: &str, result: RenderResult) {
@@ -220,6 +264,9 @@ mod tests {
         m.render("db_url", RenderResult::failed);
         m.action(0, ActionOutcome::timeout, SystemTime::now());
         m.action(0, ActionOutcome::ok, UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001));
+        m.serving_region("db", "us-east-1", Some("us-west-2"));
+        m.failover("db");
+        m.serving_region("db", "us-west-2", Some("us-east-1"));
         let text = m.encode();
         for line in [
             r#"secrets_sidecar_checks_total{secret="db",result="unchanged"} 2"#,
@@ -233,6 +280,9 @@ mod tests {
             r#"secrets_sidecar_actions_total{action="0",outcome="timeout"} 1"#,
             r#"secrets_sidecar_actions_total{action="0",outcome="ok"} 1"#,
             r#"secrets_sidecar_action_last_success_timestamp_seconds{action="0"} 1700000001"#,
+            r#"secrets_sidecar_failovers_total{secret="db"} 1"#,
+            r#"secrets_sidecar_serving_region{secret="db",region="us-west-2"} 1"#,
+            r#"secrets_sidecar_serving_region{secret="db",region="us-east-1"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }

@@ -9,6 +9,15 @@
 //! `DescribeSecret` again every [`DESCRIBE_REPROBE_INTERVAL`], so fixing the policy needs no restart.
 //! Refused credentials (an unknown or expired key) are a failure like a timeout and never change the mode.
 //!
+//! A secret with a replica (`--failover-region`) is checked the same way in the replica's Region when its own
+//! Region fails; which Region a check starts in, and when the secret switches, is [`crate::failover`]'s
+//! decision. The version ids of a replica are compared with the ones the primary gave only as a cache
+//! key: AWS documents that a replica has its primary's value and metadata, not that its version ids are
+//! the same (moto's are). Where they differ, the first check after a switch fetches the version it is
+//! told is `AWSCURRENT`, and the publish step leaves a byte-identical file untouched and its change
+//! counter where it was, so a switch alone never looks like a rotation to the app
+//! (docs/secrets-manager.md, "Replicas").
+//!
 //! When to look again is [`crate::schedule`]'s decision; this module only reports what happened. How a
 //! forced refresh joins or waits for a check is the task's ([`crate::task`]).
 
@@ -21,11 +30,12 @@ use tokio::time::Instant;
 
 use crate::backoff::unit_random;
 use crate::entry::SecretSpec;
+use crate::failover::{Failover, Next, Outcome as RegionOutcome, Site, Switch};
 use crate::metrics::Metrics;
 use crate::publish::{Outcome, Outlet};
 use crate::refresh::Message;
 use crate::schedule::{Checked, Failure, Forced, Schedule, Timing};
-use crate::source::{FetchError, Fetched, Operation, Source};
+use crate::source::{FetchError, Fetched, Labels, Operation, Source};
 use crate::store::{Mode, Version, View};
 use crate::task::{self, CheckError, Producer, Services};
 
@@ -42,9 +52,10 @@ pub fn start(
     services: &Services,
     source: Source,
     timing: Timing,
+    failover_retry_interval: Duration,
     specs: &[SecretSpec],
 ) -> Vec<(String, mpsc::Sender<Message>)> {
-    start_with_jitter(services, source, timing, specs, unit_random)
+    start_with_jitter(services, source, timing, failover_retry_interval, specs, unit_random)
 }
 
 /// [`start`] with a chosen jitter draw, so tests can count checks exactly.
@@ -52,6 +63,7 @@ pub(crate) fn start_with_jitter(
     services: &Services,
     source: Source,
     timing: Timing,
+    failover_retry_interval: Duration,
     specs: &[SecretSpec],
     jitter: fn() -> f64,
 ) -> Vec<(String, mpsc::Sender<Message>)> {
@@ -62,6 +74,9 @@ pub(crate) fn start_with_jitter(
         .iter()
         .map(|spec| {
             let entry = services.store.get(&spec.name).expect("every secret has a store entry").clone();
+            // Where the secret is read from is known before its first check.
+            let primary_region: Option<Arc<str>> = source.region_of(spec).map(Arc::from);
+            entry.set_region(primary_region.clone(), None);
             let task = SecretTask {
                 spec: spec.clone(),
                 outlet: Outlet::new(services.publisher.clone(), entry.clone()),
@@ -72,6 +87,9 @@ pub(crate) fn start_with_jitter(
                 describe_again_at: now,
                 rejected: None,
                 pending: Pending::None,
+                failover: spec.replica.as_ref().map(|_| Failover::new(failover_retry_interval, now, jitter)),
+                primary_error: None,
+                regions: [primary_region, spec.replica.as_ref().map(|r| Arc::from(r.region.as_str()))],
             };
             task::spawn(task, entry, services, Some(startup.clone()))
         })
@@ -131,6 +149,12 @@ pub(crate) struct SecretTask {
     /// A version whose value was rejected, with the reason, so it is not fetched again every check.
     rejected: Option<(String, String)>,
     pending: Pending,
+    /// Which Region the secret is read from, for a secret with a replica.
+    failover: Option<Failover>,
+    /// While served from the replica: why the primary is not used, as its last failure said.
+    primary_error: Option<String>,
+    /// The names of the primary's Region (the SDK's) and the replica's, as [`View::region`] shows them.
+    regions: [Option<Arc<str>>; 2],
 }
 
 impl Producer for SecretTask {
@@ -161,17 +185,49 @@ impl Producer for SecretTask {
                     "refresh failed; keeping the last good value");
             }
         }
-        Some(View { mode: self.mode, pending: self.pending.served().cloned(), rotation_in_progress })
+        let serving = self.serving();
+        if let Some(region) = self.region(serving) {
+            let other = self.failover.as_ref().and_then(|_| self.region(other(serving)));
+            self.metrics.serving_region(&self.spec.name, &region, other.as_deref());
+        }
+        Some(View {
+            mode: self.mode,
+            pending: self.pending.served().cloned(),
+            rotation_in_progress,
+            region: self.region(serving),
+            primary_error: (serving == Site::Replica).then(|| self.primary_error.clone()).flatten(),
+        })
+    }
+}
+
+fn other(site: Site) -> Site {
+    match site {
+        Site::Primary => Site::Replica,
+        Site::Replica => Site::Primary,
     }
 }
 
 /// How the schedule retries a failure: a file that could not be written (a full disk) or a transient
-/// fetch error soon, a denial or an invalid value at the next interval.
+/// fetch error soon, a denial or an invalid value at the next interval. A check that failed in both
+/// Regions is retried as the primary's failure is: soon, since the primary's Region is failing.
 fn failure(err: &CheckError) -> Failure {
     match err {
         CheckError::Fetch(e) if e.is_transient() => Failure::Transient,
         CheckError::Publish(_) | CheckError::Token(_) => Failure::Transient,
         CheckError::Fetch(_) | CheckError::Invalid { .. } => Failure::Permanent,
+        CheckError::Replica { primary: Some(primary), .. } => failure(primary),
+        CheckError::Replica { error, .. } => failure(error),
+    }
+}
+
+/// What a Region's part of a check came to, as [`crate::failover`] weighs it.
+fn outcome(result: &Result<bool, CheckError>) -> RegionOutcome {
+    match result {
+        Ok(_) => RegionOutcome::Answered,
+        Err(CheckError::Fetch(e)) if e.is_regional() => RegionOutcome::RegionFailing,
+        Err(CheckError::Fetch(e)) if e.is_transient() => RegionOutcome::Inconclusive,
+        Err(CheckError::Fetch(_) | CheckError::Invalid { .. }) => RegionOutcome::Refused,
+        Err(CheckError::Publish(_) | CheckError::Token(_) | CheckError::Replica { .. }) => RegionOutcome::Inconclusive,
     }
 }
 
@@ -186,14 +242,108 @@ impl SecretTask {
         self.outlet.entry().read(|s| s.current.as_ref().is_some_and(|v| v.id == version_id))
     }
 
-    /// One check. `Ok(true)` when a new `AWSCURRENT` version was published.
+    /// Where the current value comes from.
+    fn serving(&self) -> Site {
+        self.failover.as_ref().map_or(Site::Primary, Failover::serving)
+    }
+
+    /// The replica a call in `site`'s Region asks for; `None` for the secret itself.
+    fn replica(&self, site: Site) -> Option<&crate::entry::Replica> {
+        match site {
+            Site::Primary => None,
+            Site::Replica => self.spec.replica.as_ref(),
+        }
+    }
+
+    fn region(&self, site: Site) -> Option<Arc<str>> {
+        let [primary, replica] = &self.regions;
+        match site {
+            Site::Primary => primary.clone(),
+            Site::Replica => replica.clone(),
+        }
+    }
+
+    /// One check, in the Region [`crate::failover`] says. `Ok(true)` when a new `AWSCURRENT` version was
+    /// published.
     async fn check(&mut self) -> Result<bool, CheckError> {
+        let now = Instant::now();
+        let Some(failover) = &self.failover else {
+            return self.check_in(Site::Primary).await;
+        };
+        if failover.start(now) == Site::Replica {
+            return self.check_in(Site::Replica).await.map_err(|e| self.in_replica(None, e));
+        }
+        let primary = self.check_in(Site::Primary).await;
+        let failover = self.failover.as_mut().expect("checked above");
+        match failover.primary(now, outcome(&primary)) {
+            Next::Done(switch) => {
+                self.switched(switch, primary.as_ref().err());
+                primary
+            }
+            Next::Replica => {
+                let primary = primary.expect_err("only a failure sends a check to the replica");
+                self.primary_error = Some(primary.to_string());
+                let replica = self.check_in(Site::Replica).await;
+                let switch = self.failover.as_mut().expect("checked above").replica(outcome(&replica));
+                self.switched(switch, Some(&primary));
+                replica.map_err(|e| self.in_replica(Some(primary), e))
+            }
+        }
+    }
+
+    /// Logs and counts a change of Region, once per change.
+    fn switched(&mut self, switch: Option<Switch>, primary_error: Option<&CheckError>) {
+        let (primary, replica) = (self.region(Site::Primary), self.region(Site::Replica));
+        let (name, primary, replica) =
+            (&self.spec.name, primary.as_deref().unwrap_or_default(), replica.as_deref().unwrap_or_default());
+        match switch {
+            None => {}
+            Some(Switch::FailedOver) => {
+                let error = primary_error.map(ToString::to_string).unwrap_or_default();
+                tracing::info!(secret = %name, region = %primary, replica_region = %replica, %error,
+                    "the secret's Region is failing: serving it from its replica until that Region answers again");
+                self.metrics.failover(name);
+            }
+            Some(Switch::Returned) => {
+                match primary_error {
+                    None => tracing::info!(secret = %name, region = %primary, replica_region = %replica,
+                        "the secret's Region answers again: serving it from there, no longer from its replica"),
+                    Some(e) => tracing::info!(secret = %name, region = %primary, replica_region = %replica,
+                        error = %e, "the secret's Region answers again, with a refusal: no longer serving the \
+                        replica, so the refusal shows"),
+                }
+                self.primary_error = None;
+                self.metrics.failover_return(name);
+            }
+        }
+    }
+
+    /// `error` of a check in the replica, with the primary's failure that sent it there if it did.
+    fn in_replica(&self, primary: Option<CheckError>, error: CheckError) -> CheckError {
+        let region = self.spec.replica.as_ref().map(|r| r.region.clone()).unwrap_or_default();
+        CheckError::Replica { region, primary: primary.map(Box::new), error: Box::new(error) }
+    }
+
+    /// One check of the secret in `site`'s Region.
+    async fn check_in(&mut self, site: Site) -> Result<bool, CheckError> {
         let now = Instant::now();
         let describe = self.mode == Mode::Describe || now >= self.describe_again_at;
         if describe {
             let spec = &self.spec;
-            match self.counted(Operation::DescribeSecret, self.source.describe(spec)).await {
-                Ok(labels) => {
+            match self.counted(Operation::DescribeSecret, self.source.describe(spec, self.replica(site))).await {
+                Ok(mut labels) => {
+                    // A replica that has not yet caught up with a rotation the primary finished shows the
+                    // version this task has from the primary as AWSPENDING, and the one before it as
+                    // AWSCURRENT: keep the newer rather than publish the older again. (Only seen where
+                    // the Regions share version ids, which AWS does not promise; harmless where not.)
+                    if site == Site::Replica
+                        && let Some(pending) = labels.pending.as_deref()
+                        && self.is_current(pending)
+                    {
+                        tracing::debug!(secret = %spec.name, version = %pending,
+                            "the replica is behind the version already published: kept");
+                        labels = Labels { current: pending.to_owned(), pending: None };
+                    }
                     if self.mode == Mode::GetOnly {
                         tracing::info!(secret = %spec.name, "DescribeSecret is allowed again: rotations in progress \
                             are seen again");
@@ -206,12 +356,12 @@ impl SecretTask {
                     {
                         return Err(CheckError::Invalid { version_id: v.clone(), reason: reason.clone() });
                     } else {
-                        let get = self.source.get_version(spec, &labels.current);
+                        let get = self.source.get_version(spec, self.replica(site), &labels.current);
                         let fetched = self.counted(Operation::GetSecretValue, get).await?;
-                        self.publish_current(fetched).await?;
+                        self.publish_current(fetched, site).await?;
                         true
                     };
-                    self.track_pending(labels.pending).await;
+                    self.track_pending(labels.pending, site).await;
                     return Ok(changed);
                 }
                 Err(FetchError::AccessDenied { operation: Operation::DescribeSecret }) => {
@@ -235,17 +385,18 @@ impl SecretTask {
             }
         }
 
-        let get = self.source.get_current(&self.spec);
+        let get = self.source.get_current(&self.spec, self.replica(site));
         let fetched = self.counted(Operation::GetSecretValue, get).await?;
         if self.is_current(&fetched.version_id) {
             return Ok(false);
         }
-        self.publish_current(fetched).await?;
+        self.publish_current(fetched, site).await?;
         Ok(true)
     }
 
-    /// Validates and publishes a new current version: the file, then the store, as one step.
-    async fn publish_current(&mut self, fetched: Fetched) -> Result<(), CheckError> {
+    /// Validates and publishes a new current version, read in `site`'s Region: the file, then the store,
+    /// as one step.
+    async fn publish_current(&mut self, fetched: Fetched, site: Site) -> Result<(), CheckError> {
         let Fetched { version_id, value, binary } = fetched;
         let version = match Version::of_secret(self.spec.format, version_id.clone(), value, binary) {
             Ok(version) => Arc::new(version),
@@ -255,15 +406,18 @@ impl SecretTask {
             }
         };
         self.rejected = None;
+        let primary_error = (site == Site::Replica).then(|| self.primary_error.clone()).flatten();
+        self.outlet.entry().set_region(self.region(site), primary_error);
         let outcome = self.outlet.publish(version).await?;
         tracing::info!(secret = %self.spec.name, version = %version_id, file = %self.outlet.path().display(),
-            unchanged_on_disk = (outcome == Outcome::Unchanged), "published new version");
+            region = %self.region(site).as_deref().unwrap_or_default(), unchanged_on_disk = (outcome == Outcome::Unchanged), "published new version");
         Ok(())
     }
 
     /// Keeps the pending value in memory while a rotation is under way; it never goes to disk. A version
     /// already served or known to be unusable is not fetched again.
-    async fn track_pending(&mut self, pending: Option<String>) {
+    async fn track_pending(&mut self, pending: Option<String>, site: Site) {
+        let replica = self.replica(site);
         let spec = &self.spec;
         let next = match pending {
             None => Pending::None,
@@ -274,7 +428,7 @@ impl SecretTask {
                 return;
             }
             Some(id) => {
-                let get = self.source.get_version(spec, &id);
+                let get = self.source.get_version(spec, replica, &id);
                 match self.counted(Operation::GetSecretValue, get).await {
                     Ok(f) => match Version::of_secret(spec.format, f.version_id, f.value, f.binary) {
                         Ok(version) => Pending::Served(Arc::new(version)),
@@ -385,6 +539,18 @@ mod tests {
         }
     }
 
+    /// The mocked Secrets Manager of a Region: every call takes `delay` (of paused time), and is made once
+    /// (the SDK's own retries of 5xx and throttling answers would make the counts depend on its backoff).
+    fn client(rules: &[&Rule], delay: Duration) -> Client {
+        let config = move |c: aws_sdk_secretsmanager::config::Builder| {
+            c.http_client(Slow { inner: aws_smithy_mocks::create_mock_http_client(), delay })
+                .retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+        };
+        mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules, config)
+    }
+
+    const REPLICA_REGION: &str = "us-west-2";
+
     impl Harness {
         fn start(rules: &[&Rule]) -> Harness {
             Self::start_with_delay(rules, Duration::ZERO)
@@ -392,18 +558,33 @@ mod tests {
 
         /// Every Secrets Manager call takes `delay` (of paused time).
         fn start_with_delay(rules: &[&Rule], delay: Duration) -> Harness {
+            let source = AwsSource::from_client(client(rules, delay));
+            Self::start_with(source, SecretSpec::new("db", "prod/db", Format::Json))
+        }
+
+        /// The secret `db` in us-east-1 (answered by `primary`) with a replica in us-west-2 (`replica`).
+        fn with_replica(primary: &[&Rule], replica: &[&Rule]) -> Harness {
+            let source = AwsSource::from_clients([
+                ("us-east-1", client(primary, Duration::ZERO)),
+                (REPLICA_REGION, client(replica, Duration::ZERO)),
+            ]);
+            let mut spec = SecretSpec::new("db", "prod/db", Format::Json);
+            spec.replica = Some(crate::entry::Replica::of("prod/db", REPLICA_REGION).unwrap());
+            Self::start_with(source, spec)
+        }
+
+        fn start_with(source: AwsSource, spec: SecretSpec) -> Harness {
             let dir = tempfile::tempdir().unwrap();
-            let slow = move |c: aws_sdk_secretsmanager::config::Builder| {
-                c.http_client(Slow { inner: aws_smithy_mocks::create_mock_http_client(), delay })
-            };
-            let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, rules, slow);
-            let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
             let services = services(dir.path(), &spec);
             let timing = Timing { refresh_interval: 60 * S, rotation_poll_interval: 2 * S, min_refresh_gap: 5 * S };
-            let source = Source::Aws(AwsSource::from_client(client));
-            let refreshers = Refreshers::new(start_with_jitter(&services, source, timing, &[spec], || 0.5));
+            let channels = start_with_jitter(&services, Source::Aws(source), timing, 60 * S, &[spec], || 0.5);
             let Services { store, metrics, cancel, .. } = services;
-            Harness { refreshers, metrics, store, dir, cancel }
+            Harness { refreshers: Refreshers::new(channels), metrics, store, dir, cancel }
+        }
+
+        /// The lines of `/metrics` that start with `prefix`.
+        fn metric_lines(&self, prefix: &str) -> Vec<String> {
+            self.metrics.encode().lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
         }
 
         fn state(&self) -> State {
@@ -801,6 +982,236 @@ mod tests {
         assert_eq!(h.file().unwrap(), br#"{"a":2}"#);
     }
 
+    /// A Region failing: Secrets Manager's own server error, after the SDK's retries.
+    fn server_error() -> HttpResponse {
+        HttpResponse::new(
+            StatusCode::try_from(500).unwrap(),
+            SdkBody::from(r#"{"__type":"InternalServiceError","message":"An error occurred on the server side."}"#),
+        )
+    }
+
+    fn failing<F: Fn() -> HttpResponse + Send + Sync + 'static>(answer: F) -> (Rule, Rule) {
+        let answer = Arc::new(answer);
+        let a = answer.clone();
+        (
+            mock!(Client::describe_secret).then_http_response(move || a()),
+            mock!(Client::get_secret_value).then_http_response(move || answer()),
+        )
+    }
+
+    fn region_of(h: &Harness) -> (Option<String>, Option<String>) {
+        let view = h.state().view;
+        (view.region.as_deref().map(str::to_owned), view.primary_error)
+    }
+
+    /// The control below is the same secret without a replica: it never becomes ready while its Region fails.
+    #[tokio::test(start_paused = true)]
+    async fn a_task_started_while_its_region_fails_is_ready_from_the_replica_in_the_first_check() {
+        let (pd, pg) = failing(server_error);
+        let (rd, rg) = (describes("v1", None), get_version("v1", r#"{"password":"a"}"#));
+        let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg]);
+        let t0 = Instant::now();
+        at(t0, 0.1).await;
+        assert_eq!(h.file().unwrap(), br#"{"password":"a"}"#);
+        assert!(h.store.is_ready());
+        let (region, primary_error) = region_of(&h);
+        assert_eq!(region.as_deref(), Some("us-west-2"));
+        assert_eq!(primary_error.as_deref(), Some("Secrets Manager failed with HTTP 500 (InternalServiceError)"));
+        assert!(h.state().last_error.is_none(), "the value is current: {:?}", h.state().last_error);
+        assert_eq!((pd.num_calls(), pg.num_calls(), rd.num_calls(), rg.num_calls()), (1, 0, 1, 1));
+        assert_eq!(h.metric_lines("secrets_sidecar_failover"), [r#"secrets_sidecar_failovers_total{secret="db"} 1"#]);
+        let mut serving = h.metric_lines("secrets_sidecar_serving_region{");
+        serving.sort();
+        assert_eq!(
+            serving,
+            [
+                r#"secrets_sidecar_serving_region{secret="db",region="us-east-1"} 0"#,
+                r#"secrets_sidecar_serving_region{secret="db",region="us-west-2"} 1"#,
+            ]
+        );
+
+        let (d, g) = failing(server_error);
+        let control = Harness::start(&[&d, &g]);
+        at(t0, 30.0).await;
+        assert!(!control.store.is_ready() && control.file().is_none());
+        assert!(control.state().last_error.unwrap().contains("HTTP 500"));
+        assert_eq!(region_of(&control), (Some("us-east-1".into()), None));
+    }
+
+    /// While the secret is on the replica its own Region is asked once a retry interval (60 s, 66 s at the
+    /// jitter's midpoint), not at every check; the check after it answers is the return, and the replica is
+    /// not asked again.
+    #[tokio::test(start_paused = true)]
+    async fn the_secret_returns_at_the_first_check_after_its_region_answers_and_leaves_the_replica_alone() {
+        let pd = mock!(Client::describe_secret)
+            .sequence()
+            .http_response(server_error)
+            .times(2)
+            .output(|| describe("v1", None))
+            .repeatedly()
+            .build();
+        let (pg, rd, rg) =
+            (get_version("v1", r#"{"p":"1"}"#), describes("v1", None), get_version("v1", r#"{"p":"1"}"#));
+        let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg]);
+        let mut rx = h.store.get("db").unwrap().subscribe();
+        let t0 = Instant::now();
+        at(t0, 119.5).await;
+        // 0 s: the primary fails, the replica answers. 60 s: the replica only (the primary is due at 66 s).
+        assert_eq!((pd.num_calls(), rd.num_calls()), (1, 2));
+        at(t0, 120.5).await;
+        assert_eq!((pd.num_calls(), rd.num_calls()), (2, 3), "120 s: due, asked, still failing; the replica answers");
+        assert_eq!(region_of(&h).0.as_deref(), Some("us-west-2"));
+        at(t0, 239.5).await;
+        assert_eq!((pd.num_calls(), rd.num_calls()), (2, 4), "180 s: the replica only; the primary is due at 186 s");
+        at(t0, 240.5).await;
+        assert_eq!((pd.num_calls(), rd.num_calls()), (3, 4), "240 s: the primary answers: back, the replica not asked");
+        assert_eq!(region_of(&h), (Some("us-east-1".into()), None));
+        assert_eq!(
+            h.metric_lines("secrets_sidecar_failover_returns"),
+            [r#"secrets_sidecar_failover_returns_total{secret="db"} 1"#]
+        );
+        at(t0, 600.5).await;
+        assert_eq!((pd.num_calls(), rd.num_calls()), (9, 4), "every check in the primary, none in the replica");
+        assert_eq!(pg.num_calls() + rg.num_calls(), 1, "one value fetched in all: the ids are the same");
+        assert_eq!(*rx.borrow_and_update(), 1, "switching Regions is not a change");
+    }
+
+    /// AWS does not document that a replica's version ids are its primary's. Where they differ, a switch
+    /// costs one GetSecretValue and nothing else: the file keeps its bytes and the change counter stays.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_with_other_version_ids_is_compared_by_its_bytes_and_a_switch_is_not_a_change() {
+        let pd = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", None))
+            .http_response(server_error)
+            .times(2)
+            .output(|| describe("v1", None))
+            .repeatedly()
+            .build();
+        let (pg, rd, rg) =
+            (get_version("v1", r#"{"p":"1"}"#), describes("r1", None), get_version("r1", r#"{"p":"1"}"#));
+        let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg]);
+        let file = h.dir.path().join("db.json");
+        let mut rx = h.store.get("db").unwrap().subscribe();
+        let t0 = Instant::now();
+        at(t0, 0.5).await;
+        assert_eq!(*rx.borrow_and_update(), 1);
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+        at(t0, 60.5).await;
+        assert_eq!((region_of(&h).0.as_deref(), h.state().current.unwrap().id.as_str()), (Some("us-west-2"), "r1"));
+        at(t0, 300.5).await;
+        assert_eq!(region_of(&h).0.as_deref(), Some("us-east-1"));
+        assert_eq!(h.state().current.unwrap().id, "v1");
+        assert_eq!((pg.num_calls(), rg.num_calls()), (2, 1), "each Region's version fetched once per switch");
+        assert!(!rx.has_changed().unwrap(), "neither switch is a change");
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap()), inode, "file untouched");
+    }
+
+    /// A replica must not hide a misconfiguration or a deletion: an answer from the primary — denied,
+    /// missing — is the check's result, and the replica is never asked. Refused credentials fail every
+    /// Region alike: no reason to ask it either.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_from_the_primary_never_fails_over() {
+        for (code, error) in [
+            ("AccessDeniedException", "access denied for GetSecretValue"),
+            ("ResourceNotFoundException", "secret not found"),
+            ("UnrecognizedClientException", "credentials refused"),
+        ] {
+            let (pd, pg) = failing(aws_error(code));
+            let (rd, rg) = (describes("v1", None), get_version("v1", r#"{"p":"1"}"#));
+            let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg]);
+            at(Instant::now(), 130.0).await;
+            assert_eq!(rd.num_calls() + rg.num_calls(), 0, "{code}: the replica was asked");
+            assert!(!h.store.is_ready(), "{code}");
+            let error_text = h.state().last_error.unwrap();
+            assert!(error_text.starts_with(error), "{code}: {error_text}");
+            assert_eq!(region_of(&h), (Some("us-east-1".into()), None), "{code}");
+            assert!(h.metric_lines("secrets_sidecar_failovers_total").is_empty(), "{code}");
+        }
+    }
+
+    /// A secret deleted (or denied) in its own Region while it is served from the replica: the primary's
+    /// answer at the next try ends the failover and shows, and the last good value stays.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_from_the_primary_while_on_the_replica_ends_the_failover_and_shows() {
+        let pd = mock!(Client::describe_secret)
+            .sequence()
+            .http_response(server_error)
+            .http_response(aws_error("ResourceNotFoundException"))
+            .repeatedly()
+            .build();
+        let pg = mock!(Client::get_secret_value).then_http_response(aws_error("ResourceNotFoundException"));
+        let (rd, rg) = (describes("v1", None), get_version("v1", r#"{"p":"1"}"#));
+        let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg]);
+        let t0 = Instant::now();
+        at(t0, 120.5).await;
+        assert_eq!(
+            (pd.num_calls(), rd.num_calls()),
+            (2, 2),
+            "the replica at 0 and 60 s; the primary's answer at 120 s"
+        );
+        assert_eq!(region_of(&h), (Some("us-east-1".into()), None));
+        assert!(h.state().last_error.unwrap().starts_with("secret not found"));
+        assert_eq!(h.file().unwrap(), br#"{"p":"1"}"#, "the last good value stays");
+        at(t0, 600.5).await;
+        assert_eq!(rd.num_calls(), 2, "the replica is not asked again");
+        assert_eq!(
+            h.metric_lines("secrets_sidecar_failover_returns"),
+            [r#"secrets_sidecar_failover_returns_total{secret="db"} 1"#]
+        );
+    }
+
+    /// Both Regions failing: the error names both, and the check is retried soon, primary first.
+    #[tokio::test(start_paused = true)]
+    async fn when_both_regions_fail_the_error_names_both_and_is_retried_soon() {
+        let (pd, pg) = failing(server_error);
+        let (rd, rg) = failing(|| aws_error("ResourceNotFoundException")());
+        let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg]);
+        let t0 = Instant::now();
+        at(t0, 0.5).await;
+        assert_eq!(
+            h.state().last_error.as_deref(),
+            Some(
+                "Secrets Manager failed with HTTP 500 (InternalServiceError); the replica in us-west-2 failed too: \
+                 secret not found (deleted, never created, or not visible to this role)"
+            )
+        );
+        assert!(!h.store.is_ready());
+        at(t0, 1.0).await;
+        assert_eq!((pd.num_calls(), rd.num_calls()), (2, 2), "backoff: retried after 0.75 s, in both");
+    }
+
+    /// A replica behind a rotation the primary finished shows the version the task has as AWSPENDING: the
+    /// task keeps it rather than publish the one before it again, and follows when the replica catches up.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_behind_the_primary_does_not_take_the_file_back_to_the_older_version() {
+        let pd = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v2", None))
+            .http_response(server_error)
+            .repeatedly()
+            .build();
+        let rd = mock!(Client::describe_secret)
+            .sequence()
+            .output(|| describe("v1", Some("v2")))
+            .output(|| describe("v2", None))
+            .repeatedly()
+            .build();
+        let (pg, rg1, rg2) =
+            (get_version("v2", r#"{"p":"2"}"#), get_version("v1", r#"{"p":"1"}"#), get_version("v2", r#"{"p":"2"}"#));
+        let h = Harness::with_replica(&[&pd, &pg], &[&rd, &rg1, &rg2]);
+        let mut rx = h.store.get("db").unwrap().subscribe();
+        let t0 = Instant::now();
+        at(t0, 60.5).await;
+        assert_eq!((region_of(&h).0.as_deref(), h.state().current.unwrap().id.as_str()), (Some("us-west-2"), "v2"));
+        assert!(!h.state().view.rotation_in_progress, "the version held is not pending");
+        assert_eq!(h.file().unwrap(), br#"{"p":"2"}"#);
+        at(t0, 120.5).await;
+        assert_eq!(h.state().current.unwrap().id, "v2", "caught up: the same version");
+        assert_eq!(rg1.num_calls() + rg2.num_calls(), 0, "nothing fetched from the replica");
+        assert_eq!(*rx.borrow_and_update(), 1);
+    }
+
     /// An idle secret costs its task's size for as long as the process runs: the check (SDK call futures of
     /// several KiB) must not be part of it, or every idle secret holds that memory doing nothing. Inline, as
     /// `std::pin::pin!(self.check())`, the task is over five times this bound.
@@ -808,7 +1219,7 @@ mod tests {
     async fn an_idle_secret_task_is_small_because_its_check_is_boxed() {
         let client: Client = mock_client!(aws_sdk_secretsmanager, RuleMode::MatchAny, &[]);
         let dir = tempfile::tempdir().unwrap();
-        let spec = SecretSpec { name: "db".into(), secret_id: "prod/db".into(), format: Format::Json };
+        let spec = SecretSpec::new("db", "prod/db", Format::Json);
         let services = services(dir.path(), &spec);
         let entry = services.store.get("db").unwrap().clone();
         let timing = Timing { refresh_interval: 60 * S, rotation_poll_interval: 2 * S, min_refresh_gap: 5 * S };
@@ -822,6 +1233,9 @@ mod tests {
             describe_again_at: Instant::now(),
             rejected: None,
             pending: Pending::None,
+            failover: None,
+            primary_error: None,
+            regions: [None, None],
         };
         let task = task::Task { producer, entry, metrics: services.metrics.clone(), startup: None };
         let (_tx, rx) = mpsc::channel(1);

@@ -226,6 +226,13 @@ pub struct View {
     pub pending: Option<Arc<Version>>,
     /// `AWSPENDING` is on another version, readable or not.
     pub rotation_in_progress: bool,
+    /// The Region of the Secrets Manager the secret is read from — the one the current value was last
+    /// confirmed in: its own (an ARN's, else the SDK's), or its replica's while it is failed over. `None`
+    /// for a dev file.
+    pub region: Option<Arc<str>>,
+    /// While the secret is served from its replica: why its own Region is not used, as its last failure
+    /// said.
+    pub primary_error: Option<String>,
 }
 
 /// An entry's state, as readers see it.
@@ -305,6 +312,15 @@ impl Entry {
             if let Some(view) = view {
                 s.view = view;
             }
+        });
+    }
+
+    /// Where the version about to be published comes from, set before it is: so that no reader sees a
+    /// replica's value said to come from the primary (the rest of the view follows at the check's end).
+    pub fn set_region(&self, region: Option<Arc<str>>, primary_error: Option<String>) {
+        self.update(|s| {
+            s.view.region = region;
+            s.view.primary_error = primary_error;
         });
     }
 

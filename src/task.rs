@@ -73,6 +73,17 @@ pub enum CheckError {
     /// Signing an `rds-iam://` token failed; the text names no credential.
     #[error("{0}")]
     Token(String),
+    /// A check in the replica's Region failed: `primary` is the failure of the secret's own Region that
+    /// sent the check there, when one did in the same check.
+    #[error("{}", replica_failure(region, primary.as_deref(), error))]
+    Replica { region: String, primary: Option<Box<CheckError>>, error: Box<CheckError> },
+}
+
+fn replica_failure(region: &str, primary: Option<&CheckError>, error: &CheckError) -> String {
+    match primary {
+        Some(primary) => format!("{primary}; the replica in {region} failed too: {error}"),
+        None => format!("the replica in {region}: {error}"),
+    }
 }
 
 /// What makes an entry's versions: the part of a task that differs between a secret and a token.

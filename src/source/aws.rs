@@ -2,6 +2,11 @@
 //! chains (env, ECS container credentials, web identity, IMDS; `AWS_ENDPOINT_URL_SECRETS_MANAGER`), so
 //! nothing here re-implements them.
 //!
+//! Secrets Manager answers for a secret only in its own Region, so a secret given by ARN is read in the
+//! ARN's Region, and a replica in the replica's. Each such Region gets a client of its own, made from the
+//! same configuration with only the Region changed: the same credentials, timeouts and retries, and the
+//! same endpoint override where one is set (one emulator serves every Region; the SigV4 scope names it).
+//!
 //! Every `GetSecretValue` names a `VersionId` or `VersionStage`: moto returns a stale value for a request
 //! that names neither after `UpdateSecretVersionStage` (docs/secrets-manager.md, "The emulator"), and naming it
 //! costs nothing on AWS.
@@ -11,10 +16,15 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::error::CredentialsError;
+use std::collections::BTreeMap;
+
 use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::config::Region;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::{AWSCURRENT, FetchError, Fetched, Labels, Operation};
+use crate::entry::{Replica, arn_region};
 use crate::secret::SecretValue;
 
 /// A hung TCP connect must not stall a poll loop; ECS endpoints answer in milliseconds.
@@ -33,7 +43,10 @@ pub enum SetupError {
 }
 
 pub struct AwsSource {
-    client: Client,
+    /// The SDK's Region: where a secret given by name is read.
+    region: String,
+    /// A client per Region a secret is read in: the SDK's, and each ARN's and replica's.
+    clients: BTreeMap<String, Client>,
 }
 
 /// Loads the SDK configuration from the environment (credentials chain, region), with our timeouts.
@@ -55,19 +68,53 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> Result<aws_config::SdkCon
 }
 
 impl AwsSource {
-    pub fn from_sdk(sdk: &aws_config::SdkConfig) -> Self {
-        AwsSource { client: Client::new(sdk) }
+    /// The SDK's Region's client, and one for each of `regions` (an ARN's, a replica's) that is another.
+    /// `None` without a Region ([`sdk_config`] refuses that).
+    pub fn from_sdk<'a>(sdk: &aws_config::SdkConfig, regions: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let region = sdk.region()?.to_string();
+        let mut clients: BTreeMap<String, Client> = regions
+            .into_iter()
+            .filter(|r| *r != region)
+            .map(|r| {
+                let conf = aws_sdk_secretsmanager::config::Builder::from(sdk).region(Region::new(r.to_owned())).build();
+                (r.to_owned(), Client::from_conf(conf))
+            })
+            .collect();
+        clients.insert(region.clone(), Client::new(sdk));
+        Some(AwsSource { region, clients })
     }
 
-    /// Wraps a ready client: `aws-smithy-mocks`'s, in tests.
+    /// Wraps ready clients, one per Region, the first the SDK's: `aws-smithy-mocks`'s, in tests.
+    #[cfg(test)]
+    pub fn from_clients(clients: impl IntoIterator<Item = (&'static str, Client)>) -> Self {
+        let clients: Vec<_> = clients.into_iter().map(|(r, c)| (r.to_owned(), c)).collect();
+        AwsSource { region: clients[0].0.clone(), clients: clients.into_iter().collect() }
+    }
+
+    /// One client, for tests that need no other Region.
     #[cfg(test)]
     pub fn from_client(client: Client) -> Self {
-        AwsSource { client }
+        Self::from_clients([("us-east-1", client)])
     }
 
-    pub async fn describe(&self, secret_id: &str) -> Result<Labels, FetchError> {
-        let out = self
-            .client
+    /// The Region `secret_id` is read in: the ARN's for an ARN, else the SDK's.
+    pub fn region_of<'a>(&'a self, secret_id: &'a str) -> &'a str {
+        arn_region(secret_id).unwrap_or(&self.region)
+    }
+
+    /// The client and the id to ask, for the secret `secret_id` or its `replica`.
+    fn target<'a>(&'a self, secret_id: &'a str, replica: Option<&'a Replica>) -> (&'a Client, &'a str) {
+        let (region, id) = match replica {
+            None => (self.region_of(secret_id), secret_id),
+            Some(r) => (r.region.as_str(), r.secret_id.as_str()),
+        };
+        // `run` makes a client for every Region a configured secret is read in, before any check.
+        (self.clients.get(region).expect("a client for every Region a secret is read in"), id)
+    }
+
+    pub async fn describe(&self, secret_id: &str, replica: Option<&Replica>) -> Result<Labels, FetchError> {
+        let (client, secret_id) = self.target(secret_id, replica);
+        let out = client
             .describe_secret()
             .secret_id(secret_id)
             .send()
@@ -77,13 +124,20 @@ impl AwsSource {
         Labels::from_stages(versions.iter()).ok_or(FetchError::NoCurrentVersion)
     }
 
-    pub async fn get_version(&self, secret_id: &str, version_id: &str) -> Result<Fetched, FetchError> {
-        let req = self.client.get_secret_value().secret_id(secret_id).version_id(version_id);
+    pub async fn get_version(
+        &self,
+        secret_id: &str,
+        replica: Option<&Replica>,
+        version_id: &str,
+    ) -> Result<Fetched, FetchError> {
+        let (client, secret_id) = self.target(secret_id, replica);
+        let req = client.get_secret_value().secret_id(secret_id).version_id(version_id);
         to_fetched(req.send().await.map_err(|e| classify(Operation::GetSecretValue, e))?)
     }
 
-    pub async fn get_current(&self, secret_id: &str) -> Result<Fetched, FetchError> {
-        let req = self.client.get_secret_value().secret_id(secret_id).version_stage(AWSCURRENT);
+    pub async fn get_current(&self, secret_id: &str, replica: Option<&Replica>) -> Result<Fetched, FetchError> {
+        let (client, secret_id) = self.target(secret_id, replica);
+        let req = client.get_secret_value().secret_id(secret_id).version_stage(AWSCURRENT);
         to_fetched(req.send().await.map_err(|e| classify(Operation::GetSecretValue, e))?)
     }
 }
@@ -104,11 +158,11 @@ fn to_fetched(
     Ok(Fetched { version_id, value, binary })
 }
 
-/// Maps an SDK failure to what the poller needs to decide: retry soon, or wait, and what to report.
-fn classify<E, R>(operation: Operation, err: SdkError<E, R>) -> FetchError
+/// Maps an SDK failure to what the poller needs to decide: retry soon, or wait; ask another Region or not;
+/// and what to report.
+fn classify<E>(operation: Operation, err: SdkError<E, HttpResponse>) -> FetchError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     match &err {
         SdkError::TimeoutError(_) => return FetchError::Timeout,
@@ -124,6 +178,12 @@ where
         _ => {}
     }
     let code = err.code().unwrap_or("Unknown").to_owned();
+    // A server error is the service failing whatever its code says (`InternalServiceError`, or a front
+    // door's 503 the model does not know): retried soon, and a reason to ask a replica. Throttling is
+    // told apart by its code, as AWS sends it with a 400.
+    if let Some(status) = err.raw_response().map(|r| r.status()).filter(|s| s.is_server_error()) {
+        return FetchError::Unavailable { status: status.as_u16(), code };
+    }
     match code.as_str() {
         "ResourceNotFoundException" => FetchError::NotFound,
         "AccessDeniedException" | "AccessDenied" => FetchError::AccessDenied { operation },
@@ -169,18 +229,58 @@ mod tests {
     use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
     use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
 
     /// An error as Secrets Manager sends it on the wire (awsJson1.1), so the SDK's own parsing is tested too.
     fn aws_error(code: &'static str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
+        aws_error_status(400, code)
+    }
+
+    fn aws_error_status(status: u16, code: &'static str) -> impl Fn() -> HttpResponse + Send + Sync + 'static {
         move || {
             HttpResponse::new(
-                StatusCode::try_from(400).unwrap(),
+                StatusCode::try_from(status).unwrap(),
                 SdkBody::from(format!(r#"{{"__type":"{code}","message":"from the service"}}"#)),
             )
         }
+    }
+
+    /// A client that makes one attempt per call: the SDK's retries of 5xx and throttling answers are its
+    /// own business, and would only make these tests wait.
+    fn one_attempt(c: aws_sdk_secretsmanager::config::Builder) -> aws_sdk_secretsmanager::config::Builder {
+        c.retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+    }
+
+    /// `InternalServiceError` was the one server error taken as transient: a 503 with a code the model does
+    /// not know (a front door's) waited the whole interval, and a Region failing that way would never have
+    /// been a reason to ask its replica.
+    #[tokio::test]
+    async fn every_server_error_is_the_service_failing_whatever_its_code() {
+        let rules = [
+            mock!(Client::get_secret_value).then_http_response(aws_error_status(500, "InternalServiceError")),
+            mock!(Client::get_secret_value).then_http_response(aws_error_status(503, "ServiceUnavailable")),
+            mock!(Client::get_secret_value).then_http_response(aws_error_status(502, "Unknown")),
+            mock!(Client::get_secret_value).then_http_response(aws_error("ThrottlingException")),
+            mock!(Client::get_secret_value).then_http_response(aws_error("InvalidRequestException")),
+        ];
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, &rules, one_attempt);
+        let source = AwsSource::from_client(client);
+        let mut got = Vec::new();
+        for _ in &rules {
+            let e = source.get_current("db", None).await.unwrap_err();
+            got.push((e.is_regional(), e.to_string()));
+        }
+        assert_eq!(
+            got,
+            [
+                (true, "Secrets Manager failed with HTTP 500 (InternalServiceError)".to_owned()),
+                (true, "Secrets Manager failed with HTTP 503 (ServiceUnavailable)".to_owned()),
+                (true, "Secrets Manager failed with HTTP 502 (Unknown)".to_owned()),
+                (true, "throttled by Secrets Manager".to_owned()),
+                (false, "InvalidRequestException: from the service".to_owned()),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -189,7 +289,7 @@ mod tests {
         let rule = mock!(Client::describe_secret).then_http_response(aws_error("AccessDeniedException"));
         let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
         assert_eq!(
-            source.describe("db").await.unwrap_err(),
+            source.describe("db", None).await.unwrap_err(),
             FetchError::AccessDenied { operation: Operation::DescribeSecret }
         );
     }
@@ -201,7 +301,7 @@ mod tests {
         for code in ["UnrecognizedClientException", "InvalidClientTokenId", "ExpiredTokenException"] {
             let rule = mock!(Client::describe_secret).then_http_response(aws_error(code));
             let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
-            let err = source.describe("db").await.unwrap_err();
+            let err = source.describe("db", None).await.unwrap_err();
             assert_eq!(err, FetchError::InvalidCredentials { code: code.into() });
             assert!(err.is_transient(), "{code}");
         }
@@ -238,10 +338,10 @@ mod tests {
         let other = mock!(Client::get_secret_value).then_http_response(aws_error("InvalidRequestException"));
         let source =
             AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&nf, &kms, &other]));
-        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::NotFound);
-        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::Decryption);
+        assert_eq!(source.get_current("db", None).await.unwrap_err(), FetchError::NotFound);
+        assert_eq!(source.get_current("db", None).await.unwrap_err(), FetchError::Decryption);
         assert_eq!(
-            source.get_current("db").await.unwrap_err(),
+            source.get_current("db", None).await.unwrap_err(),
             FetchError::Service { code: "InvalidRequestException".into(), message: "from the service".into() }
         );
     }
@@ -250,7 +350,7 @@ mod tests {
     async fn describe_without_current_version_is_an_error_not_a_panic() {
         let rule = mock!(Client::describe_secret).then_output(|| DescribeSecretOutput::builder().build());
         let source = AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, [&rule]));
-        assert_eq!(source.describe("db").await.unwrap_err(), FetchError::NoCurrentVersion);
+        assert_eq!(source.describe("db", None).await.unwrap_err(), FetchError::NoCurrentVersion);
     }
 
     #[tokio::test]
@@ -262,8 +362,8 @@ mod tests {
             .then_output(|| GetSecretValueOutput::builder().version_id("v2").secret_string("").build());
         let source =
             AwsSource::from_client(mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, [&named, &empty]));
-        let got = source.get_current("db").await.unwrap();
+        let got = source.get_current("db", None).await.unwrap();
         assert_eq!((got.version_id.as_str(), got.value.expose()), ("v1", &br#"{"a":1}"#[..]));
-        assert_eq!(source.get_current("db").await.unwrap_err(), FetchError::EmptyValue);
+        assert_eq!(source.get_current("db", None).await.unwrap_err(), FetchError::EmptyValue);
     }
 }

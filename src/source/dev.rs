@@ -100,7 +100,7 @@ mod tests {
     use crate::entry::Format;
 
     fn spec(name: &str, id: &str) -> SecretSpec {
-        SecretSpec { name: name.into(), secret_id: id.into(), format: Format::Json }
+        SecretSpec::new(name, id, Format::Json)
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! ([`dev`]). Both answer the same three questions, so the refresh logic in [`crate::poller`] exists once:
 //! which version carries each label ([`Source::describe`]), the value of one version
 //! ([`Source::get_version`]), and the value of whatever is `AWSCURRENT` ([`Source::get_current`], the
-//! fallback when `DescribeSecret` is not allowed).
+//! fallback when `DescribeSecret` is not allowed). Each question is asked of the secret in its own Region,
+//! or of its replica ([`crate::entry::Replica`]); a dev file has no Regions and no replicas (the
+//! configuration refuses them).
 
 pub(crate) mod aws;
 pub(crate) mod dev;
 pub mod rds_iam;
 
-use crate::entry::SecretSpec;
+use crate::entry::{Replica, SecretSpec};
 use crate::secret::SecretValue;
 
 pub(crate) use aws::AwsSource;
@@ -114,6 +116,10 @@ pub enum FetchError {
     NoCurrentVersion,
     #[error("secret version has no value")]
     EmptyValue,
+    /// Secrets Manager answered with a server error (HTTP 5xx) after the SDK's own retries, whatever its
+    /// code: the service, not the request, is failing.
+    #[error("Secrets Manager failed with HTTP {status} ({code})")]
+    Unavailable { status: u16, code: String },
     #[error("{code}: {message}")]
     Service { code: String, message: String },
     #[error("dev secrets file: {0}")]
@@ -126,14 +132,19 @@ impl FetchError {
     /// Refused credentials count as transient: the usual cause is a credential refresh in progress; so do
     /// credentials that cannot be loaded: the endpoint that serves them comes back on its own.
     pub fn is_transient(&self) -> bool {
+        self.is_regional() || matches!(self, FetchError::NoCredentials(_) | FetchError::InvalidCredentials { .. })
+    }
+
+    /// Whether the failure says the Region's Secrets Manager is failing or overloaded — a server error,
+    /// throttling that outlasted the SDK's retries, a connection that failed or timed out — so that the
+    /// same call in another Region may well succeed. Credentials that cannot be loaded or are refused are
+    /// transient but not regional: the same credentials fail in every Region. A denial, a missing secret or
+    /// a key KMS will not use is an answer, not a failure: it is never regional.
+    pub fn is_regional(&self) -> bool {
         matches!(
             self,
-            FetchError::Throttled
-                | FetchError::Timeout
-                | FetchError::Network(_)
-                | FetchError::NoCredentials(_)
-                | FetchError::InvalidCredentials { .. }
-        ) || matches!(self, FetchError::Service { code, .. } if code == "InternalServiceError")
+            FetchError::Throttled | FetchError::Timeout | FetchError::Network(_) | FetchError::Unavailable { .. }
+        )
     }
 }
 
@@ -144,24 +155,38 @@ pub enum Source {
 }
 
 impl Source {
-    pub async fn describe(&self, spec: &SecretSpec) -> Result<Labels, FetchError> {
+    /// Which versions carry the labels, in the secret's own Region or (`replica`) its replica's.
+    pub async fn describe(&self, spec: &SecretSpec, replica: Option<&Replica>) -> Result<Labels, FetchError> {
         match self {
-            Source::Aws(s) => s.describe(&spec.secret_id).await,
+            Source::Aws(s) => s.describe(&spec.secret_id, replica).await,
             Source::Dev(s) => s.describe(spec),
         }
     }
 
-    pub async fn get_version(&self, spec: &SecretSpec, version_id: &str) -> Result<Fetched, FetchError> {
+    pub async fn get_version(
+        &self,
+        spec: &SecretSpec,
+        replica: Option<&Replica>,
+        version_id: &str,
+    ) -> Result<Fetched, FetchError> {
         match self {
-            Source::Aws(s) => s.get_version(&spec.secret_id, version_id).await,
+            Source::Aws(s) => s.get_version(&spec.secret_id, replica, version_id).await,
             Source::Dev(s) => s.get_version(spec, version_id),
         }
     }
 
-    pub async fn get_current(&self, spec: &SecretSpec) -> Result<Fetched, FetchError> {
+    pub async fn get_current(&self, spec: &SecretSpec, replica: Option<&Replica>) -> Result<Fetched, FetchError> {
         match self {
-            Source::Aws(s) => s.get_current(&spec.secret_id).await,
+            Source::Aws(s) => s.get_current(&spec.secret_id, replica).await,
             Source::Dev(s) => s.get_current(spec),
+        }
+    }
+
+    /// The Region `spec` itself (not its replica) is read in; `None` for a dev file.
+    pub fn region_of<'a>(&'a self, spec: &'a SecretSpec) -> Option<&'a str> {
+        match self {
+            Source::Aws(s) => Some(s.region_of(&spec.secret_id)),
+            Source::Dev(_) => None,
         }
     }
 }
@@ -211,5 +236,32 @@ mod tests {
         assert!(!FetchError::NotFound.is_transient());
         assert!(!FetchError::AccessDenied { operation: Operation::GetSecretValue }.is_transient());
         assert!(FetchError::InvalidCredentials { code: "ExpiredTokenException".into() }.is_transient());
+        assert!(FetchError::Unavailable { status: 503, code: "ServiceUnavailable".into() }.is_transient());
+        assert!(!FetchError::Service { code: "InvalidRequestException".into(), message: "m".into() }.is_transient());
+    }
+
+    /// Only a failing Region is worth asking another: credentials fail everywhere alike, and an answer
+    /// (denied, missing, KMS) must not be hidden by a replica.
+    #[test]
+    fn regional_failures_are_the_service_failing_not_the_request_or_the_credentials() {
+        for regional in [
+            FetchError::Timeout,
+            FetchError::Throttled,
+            FetchError::Network("connection refused".into()),
+            FetchError::Unavailable { status: 500, code: "InternalServiceError".into() },
+        ] {
+            assert!(regional.is_regional() && regional.is_transient(), "{regional:?}");
+        }
+        for not in [
+            FetchError::NotFound,
+            FetchError::AccessDenied { operation: Operation::GetSecretValue },
+            FetchError::Decryption,
+            FetchError::NoCredentials("endpoint down".into()),
+            FetchError::InvalidCredentials { code: "ExpiredTokenException".into() },
+            FetchError::Service { code: "InvalidRequestException".into(), message: "m".into() },
+            FetchError::EmptyValue,
+        ] {
+            assert!(!not.is_regional(), "{not:?}");
+        }
     }
 }

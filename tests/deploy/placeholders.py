@@ -1,7 +1,7 @@
 """The placeholders of the deployment files (deployments.py: the task definitions and policies), with
 example values.
 
-docs/ecs.md and docs/rds-iam.md list the same names (test_docs.py keeps them in step). The example
+docs/ecs.md, docs/rds-iam.md and docs/failover.md list the same names (test_docs.py keeps them in step). The example
 values are what a user substitutes before registering; the tests render the files with them to
 run the sidecar's own config check on the environment ECS would actually hand the container.
 """
@@ -19,6 +19,10 @@ EXAMPLE_VALUES = {
     "<TASK_ROLE_ARN>": "arn:aws:iam::123456789012:role/rails-app-task",
     "<EXECUTION_ROLE_ARN>": "arn:aws:iam::123456789012:role/ecsTaskExecutionRole",
     "<KMS_KEY_ARN>": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    # The failover deployment: the Region of the secret's replica, and the key that encrypts it there (a key
+    # is regional: the primary's cannot decrypt the replica).
+    "<FAILOVER_REGION>": "eu-central-1",
+    "<REPLICA_KMS_KEY_ARN>": "arn:aws:kms:eu-central-1:123456789012:key/5678efab-56ef-78ab-90cd-567890abcdef",
     # The rds-iam deployment: the token's user and the endpoint it is signed for, and the database's
     # resource id in the policy's dbuser ARN (an Aurora cluster's here; db-… for an instance, prx-… for a proxy).
     "<DB_USER>": "app",

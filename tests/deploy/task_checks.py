@@ -60,6 +60,28 @@ def parse_user(user: str) -> tuple[int, int | None]:
     return int(uid), (int(gid) if gid else None)
 
 
+def failover_regions(env: dict[str, str]) -> dict[str, str]:
+    """The failover Region of each Secrets Manager entry, by NAME: its own `failover_region=` option, else
+    SIDECAR_FAILOVER_REGION (docs/failover.md); entries without one are left out."""
+    out = {}
+    for entry in filter(None, env.get("SIDECAR_SECRETS", "").split(",")):
+        name, _, rest = entry.partition("=")
+        if rest.startswith(RDS_IAM_SCHEME):
+            continue
+        options = dict(opt.partition("=")[::2] for opt in filter(None, rest.partition("?")[2].split("&")))
+        region = options.get("failover_region") or env.get("SIDECAR_FAILOVER_REGION")
+        if region:
+            out[name] = region
+    return out
+
+
+def replica_arn(arn: str, region: str) -> str:
+    """A replica's ARN: its primary's with the Region replaced (arn:PARTITION:secretsmanager:REGION:…)."""
+    fields = arn.split(":", 6)
+    fields[3] = region
+    return ":".join(fields)
+
+
 def secret_specs(sidecar_secrets: str) -> list[tuple[str, str, str]]:
     """(NAME, SECRET_ID, format) from SIDECAR_SECRETS. Only for relating names to paths; whether
     the value is valid is decided by the sidecar itself (`check-config`, test_task_definition)."""

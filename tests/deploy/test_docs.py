@@ -1,6 +1,6 @@
 """The docs stay true to the files they document and reachable from the README.
 
-docs/ecs.md and docs/rds-iam.md list every placeholder of the deployment files; docs/rds-iam.md's
+docs/ecs.md, docs/rds-iam.md and docs/failover.md list every placeholder of the deployment files; docs/rds-iam.md's
 "Deploying with IAM authentication" puts the CA bundle where the task definition points the app;
 docs/operations.md's cost table is recomputed here rather than trusted. The README stays a short page
 that links every docs/ page, and no relative link or #anchor in the README or docs/ leads nowhere.
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 ECS_DOC = ROOT / "docs" / "ecs.md"
 IAM_DOC = ROOT / "docs" / "rds-iam.md"
+FAILOVER_DOC = ROOT / "docs" / "failover.md"
 OPS_DOC = ROOT / "docs" / "operations.md"
 IAM_HEADING = "## Deploying with IAM authentication"
 README_MAX_LINES = 300
@@ -40,7 +41,7 @@ def test_every_placeholder_of_the_files_is_in_the_docs_table_and_has_an_example(
     for files in DEPLOYMENTS.values():
         for name in files:
             used |= placeholders.placeholders_in((ROOT / name).read_text())
-    listed = table_placeholders(ECS_DOC.read_text()) | table_placeholders(IAM_DOC.read_text())
+    listed = set().union(*(table_placeholders(d.read_text()) for d in (ECS_DOC, IAM_DOC, FAILOVER_DOC)))
     assert used == listed, f"in the files but not the table: {used - listed}; in the table only: {listed - used}"
     assert used == set(placeholders.EXAMPLE_VALUES)
 

@@ -3,6 +3,10 @@
 The sidecar polls with DescribeSecret and fetches with GetSecretValue (docs/ecs.md, the task role);
 kms:Decrypt is needed only when a customer-managed key encrypts the secret, and only through Secrets Manager.
 
+iam-policy.failover.json: the same, and the same actions on the secret's replica — its ARN with the Region
+replaced — with kms:Decrypt on the key of the replica's Region, through Secrets Manager there: a key is
+regional, and the replica is encrypted with one of its own Region (docs/failover.md).
+
 iam-policy.rds-iam.json: the task role may connect as the one database user the sidecar signs tokens
 for, nothing else. Signing is local: no Secrets Manager, no KMS, no RDS API call. The
 resource is `dbuser:<DB_RESOURCE_ID>/<DB_USER>`: the DbiResourceId of an instance, the
@@ -14,17 +18,24 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 import placeholders
 import task_checks as tc
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SM = "secrets-manager"
+FAILOVER = "failover"
 RDS_IAM = "rds-iam"
 SM_ACTIONS = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
 RDS_DB_CONNECT = "rds-db:connect"
-POLICY_ACTIONS = {SM: SM_ACTIONS | {"kms:Decrypt"}, RDS_IAM: {RDS_DB_CONNECT}}
+POLICY_ACTIONS = {SM: SM_ACTIONS | {"kms:Decrypt"}, FAILOVER: SM_ACTIONS | {"kms:Decrypt"}, RDS_IAM: {RDS_DB_CONNECT}}
+# The Region the task runs in: Fargate sets AWS_REGION to it, and the policy names it so.
+TASK_REGION = "<REGION>"
+KMS_KEY_ARN = re.compile(r"arn:aws:kms:(?P<region>[^:]+):[^:]+:key/.+")
 DBUSER_ARN = re.compile(r"arn:aws:rds-db:(?P<region>[^:]+):(?P<account>[^:]+):dbuser:(?P<resource_id>[^/]+)/(?P<user>[^/]+)")
 # An instance's DbiResourceId (db-…), an Aurora cluster's DbClusterResourceId (cluster-…), a proxy's
 # id (prx-…); not the instance's or cluster's name, which IAM would take without complaint.
@@ -65,9 +76,16 @@ def check_statements(policy: dict) -> list[str]:
     return problems
 
 
-def check_policy(policy: dict, secret_arns: list[str]) -> list[str]:
+def via(region: str) -> str:
+    return f"secretsmanager.{region}.amazonaws.com"
+
+
+def check_policy(policy: dict, secret_arns: list[str], regions: list[str]) -> list[str]:
+    """The Secrets Manager actions on exactly `secret_arns`, and kms:Decrypt through Secrets Manager in
+    each of `regions` (where the sidecar reads: the task's, and a replica's) and nowhere else."""
     problems = check_statements(policy)
     granted: dict[str, list[str]] = {}
+    decrypt_via: list[str] = []
     for where, st, actions, resources in statements(policy):
         for a in actions:
             if a.startswith("secretsmanager:"):
@@ -80,14 +98,34 @@ def check_policy(policy: dict, secret_arns: list[str]) -> list[str]:
             elif a == "kms:Decrypt":
                 if not resources or any("*" in r for r in resources):
                     problems.append(f"{where}: kms:Decrypt must name the key, not {resources}")
-                via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
-                if via != "secretsmanager.<REGION>.amazonaws.com":
-                    problems.append(f"{where}: kms:Decrypt needs kms:ViaService secretsmanager.<REGION>.amazonaws.com, has {via!r}")
+                service = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                if service not in [via(r) for r in regions]:
+                    problems.append(f"{where}: kms:Decrypt needs kms:ViaService {' or '.join(via(r) for r in regions)}, has {service!r}")
+                decrypt_via.append(service)
             else:
                 problems.append(f"{where}: unexpected action {a!r}")
     for a in sorted(SM_ACTIONS):
         if sorted(set(granted.get(a, []))) != sorted(secret_arns):
             problems.append(f"{a} must be granted on exactly {secret_arns}, is on {granted.get(a, [])}")
+    for r in regions:
+        if via(r) not in decrypt_via:
+            problems.append(f"no kms:Decrypt through {via(r)}: the secret's copy in {r} is encrypted with a key of that Region")
+    return problems
+
+
+def check_kms_key_regions(rendered_policy: dict) -> list[str]:
+    """After rendering (the placeholders filled in): each key is in the Region of the Secrets Manager it is
+    decrypted through. A key of another Region cannot decrypt the copy there, so the grant would be dead
+    and that copy unreadable."""
+    problems = []
+    for where, st, actions, resources in statements(rendered_policy):
+        if "kms:Decrypt" not in actions:
+            continue
+        service = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService", "")
+        for key in resources:
+            m = KMS_KEY_ARN.fullmatch(key)
+            if m is None or service != via(m["region"]):
+                problems.append(f"{where}: the key {key} is not in the Region of {service}")
     return problems
 
 
@@ -117,8 +155,21 @@ def check_rds_iam_policy(policy: dict, dbuser_arns: list[str]) -> list[str]:
 
 
 def sidecar_secret_arns(task_def) -> list[str]:
+    """Every ARN the sidecar reads: each entry's, and its replica's where it has a failover Region."""
     env = tc.env_of(tc.container(task_def, tc.SIDECAR))
-    return [sid for _, sid, _ in tc.secret_specs(env["SIDECAR_SECRETS"])]
+    replicas = tc.failover_regions(env)
+    arns = []
+    for name, sid, _ in tc.secret_specs(env["SIDECAR_SECRETS"]):
+        arns.append(sid)
+        if name in replicas:
+            arns.append(tc.replica_arn(sid, replicas[name]))
+    return arns
+
+
+def sidecar_regions(task_def) -> list[str]:
+    """The Regions the sidecar reads in: the task's, and every failover Region."""
+    env = tc.env_of(tc.container(task_def, tc.SIDECAR))
+    return [TASK_REGION] + sorted(set(tc.failover_regions(env).values()))
 
 
 def sidecar_dbuser_arns(task_def) -> list[str]:
@@ -130,11 +181,17 @@ def sidecar_dbuser_arns(task_def) -> list[str]:
     ]
 
 
-@only(SM)
-def test_policy_grants_exactly_what_the_sidecar_calls_on_its_secret(policy, task_def):
-    arns = sidecar_secret_arns(task_def)
-    assert arns == ["arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"]
-    assert check_policy(policy, arns) == []
+SECRET_ARN = "arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"
+REPLICA_ARN = "arn:aws:secretsmanager:<FAILOVER_REGION>:<ACCOUNT_ID>:secret:rds!cluster-<RDS_SECRET_SUFFIX>"
+READS = {SM: ([SECRET_ARN], [TASK_REGION]), FAILOVER: ([SECRET_ARN, REPLICA_ARN], [TASK_REGION, "<FAILOVER_REGION>"])}
+
+
+@pytest.mark.parametrize("deployment", [SM, FAILOVER])
+def test_policy_grants_exactly_what_the_sidecar_calls_on_its_secret(deployment, policy, task_def):
+    arns, regions = sidecar_secret_arns(task_def), sidecar_regions(task_def)
+    assert (arns, regions) == READS[deployment]
+    assert check_policy(policy, arns, regions) == []
+    assert check_kms_key_regions(render(policy)) == []
 
 
 @only(RDS_IAM)
@@ -208,8 +265,69 @@ VIOLATIONS = [
 def test_policy_check_catches(policy, task_def, mutate, phrase):
     bad = copy.deepcopy(policy)
     mutate(bad)
-    problems = check_policy(bad, sidecar_secret_arns(task_def))
+    problems = check_policy(bad, sidecar_secret_arns(task_def), sidecar_regions(task_def))
     assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+def _sm_statement(p):
+    return _statement(p, "secretsmanager:GetSecretValue")
+
+
+def _replica_key(p):
+    return next(st for st in p["Statement"] if st.get("Resource") == "<REPLICA_KMS_KEY_ARN>")
+
+
+FAILOVER_VIOLATIONS = [
+    ("replica-arn-missing", lambda p: _sm_statement(p).update(Resource=SECRET_ARN), "must be granted on exactly"),
+    (
+        "any-region",
+        lambda p: _sm_statement(p).update(Resource=[SECRET_ARN, SECRET_ARN.replace("<REGION>", "*")]),
+        "secret ARN only",
+    ),
+    (
+        "replica-in-another-region",
+        lambda p: _sm_statement(p).update(Resource=[SECRET_ARN, REPLICA_ARN.replace("<FAILOVER_REGION>", "us-east-1")]),
+        "secret ARN only",
+    ),
+    ("replica-key-missing", lambda p: p["Statement"].remove(_replica_key(p)), "no kms:Decrypt through secretsmanager.<FAILOVER_REGION>"),
+    (
+        "replica-key-through-another-region",
+        lambda p: _replica_key(p)["Condition"]["StringEquals"].update({"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}),
+        "kms:ViaService",
+    ),
+    ("replica-key-any-key", lambda p: _replica_key(p).update(Resource="*"), "must name the key"),
+]
+
+
+@only(FAILOVER)
+@pytest.mark.parametrize("mutate, phrase", [v[1:] for v in FAILOVER_VIOLATIONS], ids=[v[0] for v in FAILOVER_VIOLATIONS])
+def test_failover_policy_check_catches(policy, task_def, mutate, phrase):
+    bad = copy.deepcopy(policy)
+    mutate(bad)
+    problems = check_policy(bad, sidecar_secret_arns(task_def), sidecar_regions(task_def))
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
+@only(FAILOVER)
+def test_a_policy_that_covers_a_failover_the_task_does_not_use_grants_too_much(policy):
+    base = json.loads((ROOT / "ecs-task-def.json").read_text())
+    problems = check_policy(policy, sidecar_secret_arns(base), sidecar_regions(base))
+    assert any("secret ARN only" in p for p in problems), problems
+    # ... and the task definition with failover is not covered by the policy without it.
+    task_def = json.loads((ROOT / "ecs-task-def.failover.json").read_text())
+    base_policy = json.loads((ROOT / "iam-policy.json").read_text())
+    problems = check_policy(base_policy, sidecar_secret_arns(task_def), sidecar_regions(task_def))
+    assert any("must be granted on exactly" in p for p in problems), problems
+    assert any("no kms:Decrypt through secretsmanager.<FAILOVER_REGION>" in p for p in problems), problems
+
+
+@only(FAILOVER)
+def test_kms_key_region_check_catches_the_keys_swapped(policy):
+    bad = copy.deepcopy(policy)
+    keys = [st for st in bad["Statement"] if "kms:Decrypt" in as_list(st["Action"])]
+    keys[0]["Resource"], keys[1]["Resource"] = keys[1]["Resource"], keys[0]["Resource"]
+    problems = check_kms_key_regions(render(bad))
+    assert len(problems) == 2 and all("is not in the Region of" in p for p in problems), problems
 
 
 DBUSER = "arn:aws:rds-db:<REGION>:<ACCOUNT_ID>:dbuser:<DB_RESOURCE_ID>/<DB_USER>"

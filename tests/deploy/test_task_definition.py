@@ -28,6 +28,7 @@ from deployments import DEPLOYMENTS
 SHAPE = shape_validator.register_task_definition_input()
 ROOT = Path(__file__).resolve().parents[2]
 RDS_IAM = "rds-iam"
+FAILOVER = "failover"
 
 
 def containers(td):
@@ -467,6 +468,45 @@ def test_rds_iam_variant_check_catches(task_def, mutate, phrase):
     assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
 
 
+def check_failover_variant(base: dict, variant: dict) -> list[str]:
+    """The failover task definition is the Secrets Manager one with one line more: SIDECAR_FAILOVER_REGION
+    in the sidecar's environment (docs/failover.md)."""
+    problems = []
+    region = tc.env_of(_side(variant)).get("SIDECAR_FAILOVER_REGION")
+    if region != "<FAILOVER_REGION>":
+        problems.append(f"SIDECAR_FAILOVER_REGION must be <FAILOVER_REGION>, is {region!r}")
+    undone = copy.deepcopy(variant)
+    _env_del(_side, "SIDECAR_FAILOVER_REGION")(undone)
+    diff = _diff(base, undone)
+    if diff:
+        problems.append(f"differs from the Secrets Manager task definition in more than SIDECAR_FAILOVER_REGION: {diff}")
+    return problems
+
+
+@pytest.mark.parametrize("deployment", [FAILOVER])
+def test_the_failover_variant_adds_only_the_failover_region(task_def):
+    assert check_failover_variant(load_task_def("secrets-manager"), task_def) == []
+
+
+FAILOVER_VARIANT_VIOLATIONS = [
+    ("no-failover-region", _env_del(_side, "SIDECAR_FAILOVER_REGION"), "SIDECAR_FAILOVER_REGION must be"),
+    ("another-secret", _entry("db=arn:aws:secretsmanager:<REGION>:<ACCOUNT_ID>:secret:other"), "$.containerDefinitions[0].environment"),
+    ("sidecar-env-added", _env_set(_side, "SIDECAR_LOG", "debug"), "$.containerDefinitions[0].environment"),
+    ("app-user-changed", _set(_app, "user", "1000:2000"), "$.containerDefinitions[1].user"),
+]
+
+
+@pytest.mark.parametrize("deployment", [FAILOVER])
+@pytest.mark.parametrize(
+    "mutate, phrase", [v[1:] for v in FAILOVER_VARIANT_VIOLATIONS], ids=[v[0] for v in FAILOVER_VARIANT_VIOLATIONS]
+)
+def test_failover_variant_check_catches(task_def, mutate, phrase):
+    bad = copy.deepcopy(task_def)
+    mutate(bad)
+    problems = check_failover_variant(load_task_def("secrets-manager"), bad)
+    assert any(phrase in p for p in problems), f"expected {phrase!r} in {problems}"
+
+
 # ---- 3. the sidecar's own config parser ---------------------------------------------------
 
 
@@ -515,11 +555,18 @@ def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def test_sidecar_environment_passes_the_sidecars_own_check_config(task_def, image_env, sidecar_bin):
+def test_sidecar_environment_passes_the_sidecars_own_check_config(deployment, task_def, image_env, sidecar_bin):
     env = container_environment(task_def, image_env)
-    assert {k for k in env if k.startswith("SIDECAR_")} == {"SIDECAR_SECRETS", "SIDECAR_OUTPUT_DIR"}
+    expected = {"SIDECAR_SECRETS", "SIDECAR_OUTPUT_DIR"} | ({"SIDECAR_FAILOVER_REGION"} if deployment == FAILOVER else set())
+    assert {k for k in env if k.startswith("SIDECAR_")} == expected
     proc = run_check_config(sidecar_bin, env)
     assert proc.returncode == 0, describe(proc)
+    # Each Secrets Manager secret with a failover Region is shown with the replica it reads: the ARN with the
+    # Region replaced, which is what iam-policy.failover.json grants.
+    for name, region in tc.failover_regions(env).items():
+        arn = dict((n, sid) for n, sid, _ in tc.secret_specs(env["SIDECAR_SECRETS"]))[name]
+        shown = f"failover to {tc.replica_arn(arn, region)} in {region})"
+        assert re.search(rf"^secret {re.escape(name)}: .*{re.escape(shown)}", proc.stdout, re.M), describe(proc)
     # The summary shows where the sidecar will write and listen; both containers mount the
     # volume at the same path, so it must show exactly what the app was told to read.
     app_env = tc.env_of(_app(task_def))
@@ -542,6 +589,9 @@ BAD_ENVS = [
     ("secrets-empty", "SIDECAR_SECRETS", "", "SIDECAR_SECRETS"),
     ("secrets-bad-name", "SIDECAR_SECRETS", f"../db={ARN}", "../db"),
     ("listen-not-loopback", "SIDECAR_LISTEN", "0.0.0.0:2773", "0.0.0.0"),
+    ("failover-region-malformed", "SIDECAR_FAILOVER_REGION", "EU_CENTRAL_1", "EU_CENTRAL_1"),
+    # The secret's own Region, or (rds-iam) a flag for entries that have no replica: exit 2 either way.
+    ("failover-region-its-own", "SIDECAR_FAILOVER_REGION", placeholders.EXAMPLE_VALUES["<REGION>"], "--failover-region"),
 ]
 # A malformed rds-iam:// entry exits 2 naming it, like every entry.
 HOST = placeholders.EXAMPLE_VALUES["<DB_HOST>"]

@@ -38,6 +38,16 @@ async fn invalid_command_lines_exit_2_naming_the_offending_value() {
         (&["run", "--secret", "db=a", "--endpoint-url", "localhost:4566"], &[], "localhost:4566"),
         (&["--bogus-flag"], &[], "--bogus-flag"),
         (
+            &["run", "--secret", "db=rds-iam://app@db.internal:3306?failover_region=us-west-2"],
+            &[],
+            "failover_region does not apply to rds-iam:// entries: a token is signed locally",
+        ),
+        (
+            &["run", "--secret", "db=a"],
+            &[("SIDECAR_FAILOVER_REGION", "us_west_2")],
+            "\"us_west_2\" is not a Region name",
+        ),
+        (
             &["run", "--secret", "app=a"],
             &[("SIDECAR_ON_CHANGE", "app=signal HUP pidfile=/p;app+redis=signal USR1 pidfile=/p")],
             "invalid --on-change \"app+redis=signal USR1 pidfile=/p\": watched name \"redis\" is not a configured secret",
@@ -121,6 +131,21 @@ async fn healthcheck_exits_1_when_nothing_listens_and_0_when_healthy() {
     sidecar_proc.wait_ready().await;
     let out = sidecar(&["healthcheck"], &[("SIDECAR_LISTEN", &sidecar_proc.listen.to_string())]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// The SDK's Region is known only at run: a failover Region equal to it is bad configuration found then,
+/// and exits 2 like the rest, before any call.
+#[tokio::test]
+async fn a_failover_region_that_is_the_sidecars_own_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["run", "--secret", "db=x", "--output-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let out = sidecar(&args, &[("SIDECAR_FAILOVER_REGION", harness::REGION)]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#"secret "db": the failover Region us-east-1 is the Region the sidecar runs in"#),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@
 //! - [`daemon`]: what a task sees from start to SIGTERM.
 //! - [`dev_secrets`]: `--dev-secrets`, local development without AWS.
 //! - [`env_format`]: `format=env` files read back by sh, Ruby's and Python's dotenv; rotations, rejections.
+//! - [`failover`]: `--failover-region`: ready from the replica while the primary Region fails, a rotation
+//!   through it, the return, and no failover on a denial or a deletion.
 //! - [`forced_refresh`]: `POST /v1/secrets/NAME/refresh` when the client does not wait for the answer.
 //! - [`http_edge`]: the listener under a storm of slow clients.
 //! - [`template_format`]: `--template` files through rotations, render and start-up errors; `urlencode`
@@ -23,6 +25,7 @@ mod credentials;
 mod daemon;
 mod dev_secrets;
 mod env_format;
+mod failover;
 mod forced_refresh;
 mod http_edge;
 mod iam_token;

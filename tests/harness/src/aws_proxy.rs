@@ -95,6 +95,15 @@ impl AwsError {
         }
     }
 
+    /// The policy denies the action (or the secret's resource policy does): an answer, not a failure.
+    pub fn access_denied() -> AwsError {
+        AwsError {
+            status: StatusCode::BAD_REQUEST,
+            error_type: "com.amazonaws.secretsmanager#AccessDeniedException".into(),
+            message: "User is not authorized to perform this action on the secret".into(),
+        }
+    }
+
     /// The service failing (a Region in trouble).
     pub fn internal_service_error() -> AwsError {
         AwsError {
@@ -262,6 +271,14 @@ impl AwsProxy {
     /// Counts per Region the requests were signed for (`"-"` for requests without a readable scope).
     pub fn counts_by_region(&self) -> BTreeMap<String, Counts> {
         self.counts_by(|s| s.region.clone())
+    }
+
+    /// The requests whose scope `matches`: one key's in one Region, say.
+    pub fn counts_where(&self, matches: impl Fn(&CredentialScope) -> bool) -> Counts {
+        let mut c = Counts::default();
+        let log = self.shared.log.lock().unwrap();
+        log.iter().filter(|e| e.request.scope.as_ref().is_some_and(&matches)).for_each(|e| c.add(&e.outcome));
+        c
     }
 
     /// All requests together, with or without a readable scope.

@@ -156,9 +156,14 @@ impl Moto {
 
     /// A client for the emulator, as test scripts use it.
     pub async fn client(&self) -> Client {
+        self.client_in(REGION).await
+    }
+
+    /// A client for the emulator's `region`: one server serves every Region, and the SigV4 scope names it.
+    pub async fn client_in(&self, region: &str) -> Client {
         let conf = aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
+            .region(Region::new(region.to_owned()))
             .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
             .endpoint_url(self.endpoint())
             .build();
@@ -249,6 +254,20 @@ impl SlowProxy {
 pub async fn create_secret(sm: &Client, name: &str, value: &str) -> String {
     let out = sm.create_secret().name(name).secret_string(value).send().await.expect("CreateSecret");
     out.version_id.expect("version id")
+}
+
+/// A secret created with a replica in `region` (`AddReplicaRegions`). Returns its ARN.
+pub async fn create_replicated_secret(sm: &Client, name: &str, value: &str, region: &str) -> String {
+    let replica = aws_sdk_secretsmanager::types::ReplicaRegionType::builder().region(region).build();
+    let out = sm
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .add_replica_regions(replica)
+        .send()
+        .await
+        .expect("CreateSecret with AddReplicaRegions");
+    out.arn.expect("ARN")
 }
 
 /// The version that carries AWSCURRENT, by asking for it by stage (never the server's default: moto's
