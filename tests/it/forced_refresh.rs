@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use harness::{Moto, Sidecar, SlowProxy, create_secret, rotate};
 
-/// Issue 8: the check ran inside the request's future, so a client hanging up cancelled it — at best the
-/// rotation waited for the next interval, at worst the file was renamed and the store never updated.
-/// Now the client only stops waiting; the check finishes and file and HTTP agree.
+/// The check runs in the secret's task, not in the request's future: a client hanging up must not cancel
+/// it (the rotation would wait for the next interval, or the file be renamed and the store never updated).
+/// The client only stops waiting; the check finishes and file and HTTP agree.
 #[tokio::test]
 async fn a_forced_refresh_whose_client_hangs_up_mid_check_still_publishes_file_and_http_together() {
     let moto = Moto::start().await;
@@ -34,9 +34,11 @@ async fn a_forced_refresh_whose_client_hangs_up_mid_check_still_publishes_file_a
         .await;
     assert!(hung_up.is_err_and(|e| e.is_timeout()), "the client gave up before the answer");
 
+    // The file first, then the store, in one step: HTTP may trail the file by a moment, never lead it.
     sidecar
         .wait_for("the forced check to publish", Duration::from_secs(20), async || {
             sidecar.read_file("db.json").as_deref() == Some(r#"{"password":"new"}"#)
+                && sidecar.get("/v1/secrets/db").await.headers()["etag"] == format!("\"{new_version}\"").as_str()
         })
         .await;
     let r = sidecar.get("/v1/secrets/db").await;
@@ -45,7 +47,7 @@ async fn a_forced_refresh_whose_client_hangs_up_mid_check_still_publishes_file_a
 }
 
 /// Callers that arrive while a forced check is running join it: one Secrets Manager check, one answer for
-/// all of them. (Before issue 8 they queued on a lock and were then refused inside the gap.)
+/// all of them. (Queued on a lock instead, they would then be refused inside the gap.)
 #[tokio::test]
 async fn concurrent_forced_refreshes_share_one_check_and_its_answer() {
     let moto = Moto::start().await;
